@@ -1,0 +1,68 @@
+"""The ``pgveil`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .config import ConfigError, load_settings
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"pgveil check: {exc}", file=sys.stderr)
+        return 2
+    print(f"{settings.path}: OK (listen {settings.proxy.listen}, "
+          f"upstream {settings.upstream.host}:{settings.upstream.port} "
+          f"sslmode={settings.upstream.sslmode})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"pgveil: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings, workers=args.workers)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    return demo(port=args.port, admin_port=args.admin_port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pgveil", description=__doc__ and
+                                "PostgreSQL proxy for data minimization with JIT approval")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the proxy")
+    s.add_argument("-c", "--config", required=True, help="pgveil.toml")
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes sharing the listen port (SO_REUSEPORT)")
+    s.set_defaults(func=_serve)
+
+    c = sub.add_parser("check", help="validate a config file")
+    c.add_argument("-c", "--config", required=True)
+    c.set_defaults(func=_check)
+
+    d = sub.add_parser("demo", help="embedded PostgreSQL + sample data + the proxy, until Ctrl-C")
+    d.add_argument("--port", type=int, default=6432)
+    d.add_argument("--admin-port", type=int, default=8433)
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

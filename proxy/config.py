@@ -1,0 +1,221 @@
+"""pgveil's TOML configuration, loaded into typed settings.
+
+Each section is a dataclass; its fields carry their type and, where needed, a check. A bad key
+or value raises :class:`ConfigError` naming the file, the dotted key, its line and what was
+expected, so ``pgveil check`` can print one precise line per problem.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")
+
+
+class ConfigError(Exception):
+    def __init__(self, path: str, key: str, message: str, line: int | None = None) -> None:
+        self.path, self.key, self.message, self.line = path, key, message, line
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {key}: {message}")
+
+
+@dataclass
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_address(value: str) -> Address:
+    m = re.fullmatch(r"\[?([^\]]*?)\]?:(\d{1,5})", value)
+    if not m or not m.group(1) or not 0 <= int(m.group(2)) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return Address(m.group(1), int(m.group(2)))
+
+
+@dataclass
+class ProxySettings:
+    listen: Address = field(default_factory=lambda: Address("127.0.0.1", 6432))
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    shutdown_timeout: float = 30.0
+    max_message_bytes: int = 256 * 1024 * 1024
+    max_connections: int = 10000
+    connect_timeout: float = 10.0
+
+
+@dataclass
+class UpstreamSettings:
+    host: str = "127.0.0.1"
+    port: int = 5432
+    sslmode: str = "prefer"
+    sslrootcert: Path | None = None
+
+
+@dataclass
+class AdminSettings:
+    listen: Address | None = field(default_factory=lambda: Address("127.0.0.1", 8433))
+
+
+@dataclass
+class Settings:
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    policy: dict[str, Any] = field(default_factory=dict)
+    path: str = "<defaults>"
+
+
+# --- validation ---------------------------------------------------------------------------
+def _line_of(text: str, section: str, key: str) -> int | None:
+    """Best-effort line number of ``key`` inside ``[section]`` (tomllib gives none)."""
+    lines = text.splitlines()
+    in_section = section == ""
+    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+    keyre = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
+    for i, line in enumerate(lines, 1):
+        m = header.match(line)
+        if m:
+            in_section = m.group(1) == section
+            if in_section and not key:
+                return i
+            continue
+        if in_section and key and keyre.match(line):
+            return i
+    return None
+
+
+def _convert(value: Any, target: Any, name: str) -> Any:
+    t = str(target)
+    if "Address" in t:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a \"HOST:PORT\" string, got {type(value).__name__}")
+        return parse_address(value)
+    if "Path" in t:
+        if not isinstance(value, str) or not value:
+            raise ValueError("expected a file path string")
+        return Path(value)
+    if "bool" in t:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        return value
+    if "float" in t:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        if value < 0:
+            raise ValueError(f"expected a non-negative number, got {value!r}")
+        return float(value)
+    if "int" in t:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if value < 0:
+            raise ValueError(f"expected a non-negative integer, got {value!r}")
+        return value
+    if "str" in t:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _load_section(obj: Any, raw: Any, section: str, path: str, text: str) -> None:
+    if not isinstance(raw, dict):
+        raise ConfigError(path, section, "expected a table", _line_of(text, section, ""))
+    known = {f.name: f for f in fields(obj)}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(
+                path,
+                f"{section}.{key}",
+                f"unknown key; expected one of: {', '.join(sorted(known))}",
+                _line_of(text, section, key),
+            )
+        try:
+            setattr(obj, key, _convert(value, known[key].type, key))
+        except ValueError as exc:
+            raise ConfigError(path, f"{section}.{key}", str(exc), _line_of(text, section, key))
+
+
+def load_settings(path: str | Path) -> Settings:
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(path, "-", f"cannot read config file: {exc.strerror}") from exc
+    return parse_settings(text, path)
+
+
+def parse_settings(text: str, path: str = "<string>") -> Settings:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(path, "-", f"invalid TOML: {exc}", int(m.group(1)) if m else None)
+    s = Settings(path=path)
+    sections = {"proxy": s.proxy, "upstream": s.upstream, "admin": s.admin}
+    later = {"jit", "state", "audit", "webhooks"}
+    for name, value in raw.items():
+        if name in sections:
+            _load_section(sections[name], value, name, path, text)
+        elif name == "policy":
+            if not isinstance(value, dict):
+                raise ConfigError(path, "policy", "expected a table", _line_of(text, "policy", ""))
+            s.policy = value
+        elif name in later:
+            raise ConfigError(
+                path, name, "this section is not supported by this version of pgveil",
+                _line_of(text, name, ""),
+            )
+        else:
+            raise ConfigError(
+                path,
+                name,
+                "unknown section; expected one of: admin, policy, proxy, upstream",
+                _line_of(text, name, "") or _line_of(text, "", name),
+            )
+    _check(s, path, text)
+    return s
+
+
+def _check(s: Settings, path: str, text: str) -> None:
+    up = s.upstream
+    if up.sslmode not in SSLMODES:
+        raise ConfigError(
+            path, "upstream.sslmode", f"expected one of {', '.join(SSLMODES)}, got {up.sslmode!r}",
+            _line_of(text, "upstream", "sslmode"),
+        )
+    if up.sslmode in ("verify-ca", "verify-full") and up.sslrootcert is None:
+        raise ConfigError(
+            path, "upstream.sslrootcert", f"required when sslmode = {up.sslmode!r}",
+            _line_of(text, "upstream", "sslmode"),
+        )
+    if not 1 <= up.port <= 65535:
+        raise ConfigError(path, "upstream.port", "expected a port from 1 to 65535",
+                          _line_of(text, "upstream", "port"))
+    px = s.proxy
+    if (px.tls_cert is None) != (px.tls_key is None):
+        key = "proxy.tls_key" if px.tls_key is None else "proxy.tls_cert"
+        raise ConfigError(path, key, "tls_cert and tls_key must be set together",
+                          _line_of(text, "proxy", key.split(".")[1]))
+    for key in ("tls_cert", "tls_key"):
+        p = getattr(px, key)
+        if p is not None:
+            if not p.is_absolute():
+                p = Path(path).parent / p if path not in ("<string>", "<defaults>") else p
+                setattr(px, key, p)
+            if not p.exists():
+                raise ConfigError(path, f"proxy.{key}", f"file not found: {p}",
+                                  _line_of(text, "proxy", key))
+    if up.sslrootcert is not None and not up.sslrootcert.is_absolute() and path not in (
+        "<string>", "<defaults>"
+    ):
+        up.sslrootcert = Path(path).parent / up.sslrootcert
+    if px.max_message_bytes < 1024:
+        raise ConfigError(path, "proxy.max_message_bytes", "expected at least 1024",
+                          _line_of(text, "proxy", "max_message_bytes"))

@@ -1,0 +1,71 @@
+"""``pgveil demo``: an embedded PostgreSQL with sample data, and pgveil in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from ..config import parse_settings
+from ..embedded import EmbeddedPostgres
+from ..serve import install_uvloop, run, say
+from ..tls import make_self_signed
+
+HBA = """\
+local all all trust
+host all postgres 127.0.0.1/32 trust
+host all all 127.0.0.1/32 scram-sha-256
+"""
+
+
+def demo(port: int = 6432, admin_port: int = 8433) -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="pgveil-demo-"))
+    say("starting an embedded PostgreSQL ...")
+    pg = EmbeddedPostgres(datadir=workdir / "pgdata", hba=HBA)
+    pg.start()
+    try:
+        say("loading the sample schema (database 'demo') ...")
+        pg.psql("CREATE DATABASE demo")
+        pg.psql(resources.files(__package__).joinpath("schema.sql").read_text(), dbname="demo")
+        cert, key = workdir / "server.crt", workdir / "server.key"
+        make_self_signed(cert, key)
+        config = workdir / "pgveil.toml"
+        config.write_text(
+            f"""# written by pgveil demo
+[proxy]
+listen = "127.0.0.1:{port}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+shutdown_timeout = 5
+
+[upstream]
+host = "127.0.0.1"
+port = {pg.port}
+sslmode = "disable"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+"""
+        )
+        settings = parse_settings(config.read_text(), str(config))
+        say(f"config written to {config}")
+
+        def ready(_server) -> None:
+            say("ready. Connect with:")
+            print(f"\n    psql \"host=127.0.0.1 port={port} dbname=demo user=analyst "
+                  f"password=analyst sslmode=require\"\n", flush=True)
+            print("    (the TLS certificate is self-signed; use sslmode=disable with a psql "
+                  "built without SSL)\n\nPress Ctrl-C to stop.", flush=True)
+
+        install_uvloop()
+        asyncio.run(run(settings, ready=ready))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        say("stopping the embedded PostgreSQL ...")
+        pg.stop()
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0

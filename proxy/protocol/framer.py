@@ -1,0 +1,175 @@
+"""Incremental framing of the PostgreSQL protocol, version 3, without any I/O.
+
+Bytes go in with ``feed()``; complete messages (or byte runs to relay) come out. Nothing here
+touches a socket, so every path is reachable from unit tests and fuzzers.
+
+Three framers, for the three shapes of traffic:
+
+* :class:`StartupFramer` — the first packet of a connection, which has a length but no type
+  byte (StartupMessage, SSLRequest, GSSENCRequest, CancelRequest).
+* :class:`MessageFramer` — typed messages, each returned whole as ``(type, raw)`` where
+  ``raw`` is the complete message including its 5-byte header, ready to forward unchanged.
+  Used for the client side, whose messages are small and all worth looking at.
+* :class:`RelayScanner` — the server side. It returns runs of bytes to forward unchanged,
+  only stopping to hand back whole messages whose type is in ``interesting``. A multi-megabyte
+  DataRow is never buffered; it streams through as it arrives.
+
+Every framer enforces a maximum message size and raises :class:`ProtocolViolation` on a
+length that cannot be valid. After a violation the framer is unusable: the connection must
+be closed.
+"""
+
+from __future__ import annotations
+
+import struct
+
+_HDR = struct.Struct("!cI")  # kept for readers; hot paths use int.from_bytes
+_LEN = struct.Struct("!I")
+
+#: PostgreSQL refuses startup packets larger than this (MAX_STARTUP_PACKET_LENGTH).
+MAX_STARTUP_PACKET = 10000
+
+
+class ProtocolViolation(Exception):
+    """The peer sent bytes that are not a valid protocol-3 stream."""
+
+
+class StartupFramer:
+    """Collects one length-prefixed, untyped startup packet."""
+
+    __slots__ = ("_buf", "max_size")
+
+    def __init__(self, max_size: int = MAX_STARTUP_PACKET) -> None:
+        self._buf = bytearray()
+        self.max_size = max_size
+
+    def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
+        """Return ``(packet, rest)`` once a whole packet is in, else ``None``.
+
+        ``packet`` excludes the 4-byte length; ``rest`` is whatever followed it.
+        """
+        self._buf += data
+        if len(self._buf) < 4:
+            return None
+        (length,) = _LEN.unpack_from(self._buf, 0)
+        if length < 8 or length > self.max_size:
+            raise ProtocolViolation(f"invalid startup packet length {length}")
+        if len(self._buf) < length:
+            return None
+        packet = bytes(self._buf[4:length])
+        rest = bytes(self._buf[length:])
+        self._buf.clear()
+        return packet, rest
+
+
+class MessageFramer:
+    """Splits a stream of typed messages into whole messages.
+
+    ``valid_types`` (a ``bytes`` of allowed type bytes) makes an unknown type a violation
+    as soon as its header arrives.
+    """
+
+    __slots__ = ("_buf", "max_size", "valid_types")
+
+    def __init__(self, max_size: int, valid_types: bytes | None = None) -> None:
+        self._buf = b""
+        self.max_size = max_size
+        self.valid_types = valid_types
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self._buf + data if self._buf else data
+        out: list[tuple[int, bytes]] = []
+        pos = 0
+        end = len(buf)
+        valid = self.valid_types
+        maxsz = self.max_size
+        while end - pos >= 5:
+            mtype = buf[pos]
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            if valid is not None and mtype not in valid:
+                raise ProtocolViolation(f"invalid message type 0x{mtype:02x}")
+            if length < 4 or length > maxsz:
+                raise ProtocolViolation(
+                    f"invalid length {length} for message type {chr(mtype)!r}"
+                )
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            out.append((mtype, buf[pos:stop]))
+            pos = stop
+        self._buf = buf[pos:] if pos < end else b""
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+
+class RelayScanner:
+    """Finds message boundaries in a relayed stream, handing back only what matters.
+
+    ``feed(data)`` returns a list whose items are either ``bytes`` (forward as they are) or
+    ``(type, raw)`` tuples for whole messages whose type is in ``interesting``. Concatenating
+    all ``bytes`` items and all ``raw`` parts in order gives back the input exactly.
+    """
+
+    __slots__ = ("_pending", "_skip", "interesting", "max_size", "_partial")
+
+    def __init__(self, interesting: bytes | frozenset[int], max_size: int) -> None:
+        self.interesting = frozenset(interesting)
+        self.max_size = max_size
+        self._skip = 0  # bytes still to relay of an uninteresting message
+        self._pending = b""  # an incomplete header or interesting message
+
+    def feed(self, data: bytes) -> list:
+        out: list = []
+        end = len(data)
+        pos = 0
+        skip = self._skip
+        if skip:
+            if skip >= end:
+                self._skip = skip - end
+                return [data]
+            pos = skip
+            self._skip = 0
+        elif self._pending:
+            data = self._pending + data
+            self._pending = b""
+            end = len(data)
+        start = 0  # start of the current relay run
+        interesting = self.interesting
+        maxsz = self.max_size
+        while True:
+            if end - pos < 5:
+                if pos < end:
+                    if start < pos:
+                        out.append(data[start:pos])
+                    self._pending = data[pos:]
+                    return out
+                break
+            mtype = data[pos]
+            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            if length < 4 or length > maxsz:
+                raise ProtocolViolation(f"invalid length {length} for message type {chr(mtype)!r}")
+            stop = pos + 1 + length
+            if mtype in interesting:
+                if stop > end:
+                    if start < pos:
+                        out.append(data[start:pos])
+                    self._pending = data[pos:]
+                    return out
+                if start < pos:
+                    out.append(data[start:pos])
+                out.append((mtype, data[pos:stop]))
+                pos = start = stop
+                continue
+            if stop > end:
+                self._skip = stop - end
+                pos = end
+                break
+            pos = stop
+        if start == 0 and pos == end:
+            out.append(data)
+        elif start < end:
+            out.append(data[start:end])
+        return out

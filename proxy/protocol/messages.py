@@ -1,0 +1,328 @@
+"""Encoders and decoders for the protocol-3 messages pgveil reads or writes.
+
+Decoders take a message *body* (after the 5-byte header) or, for startup packets, the
+packet after its length; encoders return complete messages ready to send. A body that does
+not parse raises :class:`~proxy.protocol.framer.ProtocolViolation`.
+
+Only what the proxy inspects or produces has a codec here; everything else is relayed as
+the bytes that came in.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from .framer import ProtocolViolation
+
+# --- protocol codes -------------------------------------------------------------------
+PROTOCOL_3_0 = 196608  # 3 << 16
+PROTOCOL_3_2 = 196610  # 3 << 16 | 2
+SSL_REQUEST = 80877103
+GSSENC_REQUEST = 80877104
+CANCEL_REQUEST = 80877102
+
+#: Message types a frontend may send once started (PostgreSQL 18 protocol docs).
+FRONTEND_TYPES = b"BCdcfDEHFPpQSX"
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
+_U32 = struct.Struct("!I")
+
+
+def msg(mtype: bytes, body: bytes = b"") -> bytes:
+    """A complete message: type byte, length, body."""
+    return mtype + _U32.pack(len(body) + 4) + body
+
+
+def cstr(value: str) -> bytes:
+    return value.encode() + b"\x00"
+
+
+def _read_cstr(body: bytes, pos: int) -> tuple[str, int]:
+    end = body.find(b"\x00", pos)
+    if end < 0:
+        raise ProtocolViolation("unterminated string in message")
+    try:
+        return body[pos:end].decode(), end + 1
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("invalid UTF-8 in message") from exc
+
+
+# --- startup packets --------------------------------------------------------------------
+@dataclass
+class StartupMessage:
+    version: int
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def minor(self) -> int:
+        return self.version & 0xFFFF
+
+
+@dataclass
+class SSLRequest:
+    pass
+
+
+@dataclass
+class GSSENCRequest:
+    pass
+
+
+@dataclass
+class CancelRequest:
+    pid: int
+    secret: bytes
+
+
+def decode_startup(packet: bytes) -> StartupMessage | SSLRequest | GSSENCRequest | CancelRequest:
+    """Decode a startup packet (the bytes after its 4-byte length)."""
+    if len(packet) < 4:
+        raise ProtocolViolation("startup packet too short")
+    (code,) = _U32.unpack_from(packet, 0)
+    if code == SSL_REQUEST:
+        if len(packet) != 4:
+            raise ProtocolViolation("malformed SSLRequest")
+        return SSLRequest()
+    if code == GSSENC_REQUEST:
+        if len(packet) != 4:
+            raise ProtocolViolation("malformed GSSENCRequest")
+        return GSSENCRequest()
+    if code == CANCEL_REQUEST:
+        if len(packet) < 12 or len(packet) > 8 + 256:
+            raise ProtocolViolation("malformed CancelRequest")
+        (pid,) = _U32.unpack_from(packet, 4)
+        return CancelRequest(pid, packet[8:])
+    if code >> 16 != 3:
+        raise ProtocolViolation(
+            f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
+            "server supports 3.0 to 3.2"
+        )
+    params: dict[str, str] = {}
+    pos = 4
+    while True:
+        if pos >= len(packet):
+            raise ProtocolViolation("startup packet has no terminator")
+        if packet[pos] == 0:
+            if pos != len(packet) - 1:
+                raise ProtocolViolation("trailing bytes after startup parameters")
+            break
+        key, pos = _read_cstr(packet, pos)
+        value, pos = _read_cstr(packet, pos)
+        params[key] = value
+    return StartupMessage(code, params)
+
+
+def encode_startup(version: int, params: dict[str, str]) -> bytes:
+    body = _U32.pack(version) + b"".join(cstr(k) + cstr(v) for k, v in params.items()) + b"\x00"
+    return _U32.pack(len(body) + 4) + body
+
+
+def encode_ssl_request() -> bytes:
+    return _U32.pack(8) + _U32.pack(SSL_REQUEST)
+
+
+def encode_cancel_request(pid: int, secret: bytes) -> bytes:
+    return _U32.pack(12 + len(secret)) + _U32.pack(CANCEL_REQUEST) + _U32.pack(pid) + secret
+
+
+# --- errors and notices -------------------------------------------------------------------
+def decode_fields(body: bytes) -> dict[str, str]:
+    """ErrorResponse / NoticeResponse body → {field code: value}."""
+    fields: dict[str, str] = {}
+    pos = 0
+    n = len(body)
+    while pos < n:
+        code = body[pos]
+        if code == 0:
+            return fields
+        end = body.find(b"\x00", pos + 1)
+        if end < 0:
+            raise ProtocolViolation("unterminated error field")
+        fields[chr(code)] = body[pos + 1 : end].decode("utf-8", "replace")
+        pos = end + 1
+    raise ProtocolViolation("error fields have no terminator")
+
+
+def encode_fields(mtype: bytes, fields: dict[str, str]) -> bytes:
+    body = b"".join(k.encode() + cstr(v) for k, v in fields.items() if v is not None) + b"\x00"
+    return msg(mtype, body)
+
+
+def error_response(
+    sqlstate: str,
+    message: str,
+    *,
+    severity: str = "ERROR",
+    hint: str | None = None,
+    detail: str | None = None,
+) -> bytes:
+    fields = {"S": severity, "V": severity, "C": sqlstate, "M": message}
+    if detail:
+        fields["D"] = detail
+    if hint:
+        fields["H"] = hint
+    return encode_fields(b"E", fields)
+
+
+def notice_response(message: str, *, hint: str | None = None, sqlstate: str = "00000") -> bytes:
+    fields = {"S": "NOTICE", "V": "NOTICE", "C": sqlstate, "M": message}
+    if hint:
+        fields["H"] = hint
+    return encode_fields(b"N", fields)
+
+
+# --- authentication -------------------------------------------------------------------------
+AUTH_OK = 0
+AUTH_CLEARTEXT = 3
+AUTH_MD5 = 5
+AUTH_SASL = 10
+AUTH_SASL_CONTINUE = 11
+AUTH_SASL_FINAL = 12
+
+
+def decode_auth(body: bytes) -> tuple[int, bytes]:
+    if len(body) < 4:
+        raise ProtocolViolation("authentication message too short")
+    return _I32.unpack_from(body, 0)[0], body[4:]
+
+
+def decode_sasl_mechanisms(payload: bytes) -> list[str]:
+    mechs: list[str] = []
+    pos = 0
+    while pos < len(payload) and payload[pos] != 0:
+        name, pos = _read_cstr(payload, pos)
+        mechs.append(name)
+    return mechs
+
+
+def encode_auth_sasl(mechanisms: list[str]) -> bytes:
+    return msg(b"R", _I32.pack(AUTH_SASL) + b"".join(cstr(m) for m in mechanisms) + b"\x00")
+
+
+# --- small backend messages -------------------------------------------------------------------
+def decode_backend_key(body: bytes) -> tuple[int, bytes]:
+    if len(body) < 8 or len(body) > 4 + 256:
+        raise ProtocolViolation("malformed BackendKeyData")
+    return _U32.unpack_from(body, 0)[0], body[4:]
+
+
+def encode_backend_key(pid: int, secret: bytes) -> bytes:
+    return msg(b"K", _U32.pack(pid) + secret)
+
+
+def decode_parameter_status(body: bytes) -> tuple[str, str]:
+    name, pos = _read_cstr(body, 0)
+    value, _ = _read_cstr(body, pos)
+    return name, value
+
+
+def ready_for_query(status: bytes = b"I") -> bytes:
+    return msg(b"Z", status)
+
+
+def decode_notification(body: bytes) -> tuple[int, str, str]:
+    (pid,) = _U32.unpack_from(body, 0)
+    channel, pos = _read_cstr(body, 4)
+    payload, _ = _read_cstr(body, pos)
+    return pid, channel, payload
+
+
+def encode_notification(pid: int, channel: str, payload: str) -> bytes:
+    return msg(b"A", _U32.pack(pid) + cstr(channel) + cstr(payload))
+
+
+def decode_command_complete(body: bytes) -> str:
+    return _read_cstr(body, 0)[0]
+
+
+@dataclass
+class FieldDescription:
+    name: str
+    table_oid: int
+    attnum: int
+    type_oid: int
+    type_size: int
+    type_mod: int
+    format: int
+
+
+def decode_row_description(body: bytes) -> list[FieldDescription]:
+    if len(body) < 2:
+        raise ProtocolViolation("malformed RowDescription")
+    (count,) = _I16.unpack_from(body, 0)
+    pos = 2
+    fields: list[FieldDescription] = []
+    unpack = struct.Struct("!IhIhih").unpack_from
+    for _ in range(count):
+        name, pos = _read_cstr(body, pos)
+        if pos + 18 > len(body):
+            raise ProtocolViolation("malformed RowDescription")
+        toid, attnum, typ, size, mod, fmt = unpack(body, pos)
+        pos += 18
+        fields.append(FieldDescription(name, toid, attnum, typ, size, mod, fmt))
+    return fields
+
+
+# --- frontend query messages ------------------------------------------------------------------
+def decode_query(body: bytes) -> str:
+    if not body or body[-1] != 0:
+        raise ProtocolViolation("malformed Query message")
+    text, pos = _read_cstr(body, 0)
+    if pos != len(body):
+        raise ProtocolViolation("malformed Query message")
+    return text
+
+
+def encode_query(text: str) -> bytes:
+    return msg(b"Q", cstr(text))
+
+
+@dataclass
+class Parse:
+    name: str
+    query: str
+    param_types: list[int]
+
+
+def decode_parse(body: bytes) -> Parse:
+    name, pos = _read_cstr(body, 0)
+    query, pos = _read_cstr(body, pos)
+    if pos + 2 > len(body):
+        raise ProtocolViolation("malformed Parse message")
+    (n,) = _I16.unpack_from(body, pos)
+    pos += 2
+    if n < 0 or pos + 4 * n != len(body):
+        raise ProtocolViolation("malformed Parse message")
+    types = list(struct.unpack_from(f"!{n}I", body, pos))
+    return Parse(name, query, types)
+
+
+def encode_parse(p: Parse) -> bytes:
+    n = len(p.param_types)
+    return msg(
+        b"P", cstr(p.name) + cstr(p.query) + _I16.pack(n) + struct.pack(f"!{n}I", *p.param_types)
+    )
+
+
+def decode_bind_names(body: bytes) -> tuple[str, str, int]:
+    """Portal name, statement name, and where the rest of the Bind begins."""
+    portal, pos = _read_cstr(body, 0)
+    stmt, pos = _read_cstr(body, pos)
+    return portal, stmt, pos
+
+
+def encode_bind_with_statement(body: bytes, statement: str) -> bytes:
+    """Re-emit a Bind with a different statement name, parameters untouched."""
+    portal, _, rest = decode_bind_names(body)
+    return msg(b"B", cstr(portal) + cstr(statement) + body[rest:])
+
+
+def decode_describe_or_close(body: bytes) -> tuple[str, str]:
+    if len(body) < 2 or body[0] not in b"SP":
+        raise ProtocolViolation("malformed Describe/Close message")
+    name, pos = _read_cstr(body, 1)
+    if pos != len(body):
+        raise ProtocolViolation("malformed Describe/Close message")
+    return chr(body[0]), name

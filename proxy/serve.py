@@ -1,0 +1,89 @@
+"""Run the proxy: event loop, listeners, signals, worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from .config import Settings
+from .server import ProxyServer, reuseport_socket
+
+log = logging.getLogger("pgveil")
+
+
+def say(line: str) -> None:
+    """A status line on stderr; tests and operators wait for these."""
+    print(f"pgveil: {line}", file=sys.stderr, flush=True)
+
+
+def install_uvloop() -> bool:
+    try:
+        import uvloop
+    except ImportError:
+        return False
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return True
+
+
+async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None) -> None:
+    from .admin import bound_port, start_admin
+
+    server = ProxyServer(settings)
+    await server.start(sock)
+    for host, port in server.bound:
+        say(f"listening on {host}:{port}")
+    runner = None
+    if admin and settings.admin.listen is not None:
+        a = settings.admin.listen
+        runner = await start_admin(server, a.host, a.port)
+        say(f"admin on http://{a.host}:{bound_port(runner)}")
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    say(f"shutting down: waiting up to {settings.proxy.shutdown_timeout:g}s for "
+        f"{sum(not s.is_idle() for s in server.sessions)} running statements")
+    await server.shutdown(settings.proxy.shutdown_timeout)
+    if runner is not None:
+        await runner.cleanup()
+    say("stopped")
+
+
+def serve(settings: Settings, workers: int = 1) -> int:
+    logging.basicConfig(level=os.environ.get("PGVEIL_LOG_LEVEL", "WARNING"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    install_uvloop()
+    if workers <= 1:
+        asyncio.run(run(settings))
+        return 0
+    listen = settings.proxy.listen
+    sock = reuseport_socket(listen.host, listen.port)
+    children = []
+    for i in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                asyncio.run(run(settings, sock=sock, admin=(i == 0)))
+            finally:
+                os._exit(0)
+        children.append(pid)
+    sock.close()
+    def forward(signum, _frame):
+        for pid in children:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    code = 0
+    for pid in children:
+        _, status = os.waitpid(pid, 0)
+        code = code or os.waitstatus_to_exitcode(status)
+    return code

@@ -1,0 +1,150 @@
+"""The listener: accepts clients, owns the sessions, cancel keys and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+
+from .config import Settings
+from .protocol import messages as m
+from .session import Session, new_secret
+from .tls import client_side_context, server_side_context
+
+log = logging.getLogger("pgveil.server")
+
+
+class ProxyServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sessions: set[Session] = set()
+        self.client_tls: ssl.SSLContext | None = None
+        if settings.proxy.tls_cert and settings.proxy.tls_key:
+            self.client_tls = server_side_context(settings.proxy.tls_cert, settings.proxy.tls_key)
+        self.upstream_tls = client_side_context(settings.upstream)
+        self._cancel_keys: dict[tuple[int, bytes], Session] = {}
+        self._server: asyncio.base_events.Server | None = None
+        self.closing = False
+        self._idle = asyncio.Event()
+        self.connections_total = 0
+        self.upstream_errors = 0
+
+    # ------------------------------------------------------------------ listening
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        listen = self.settings.proxy.listen
+        if sock is not None:
+            self._server = await loop.create_server(self._new_session, sock=sock, backlog=1024)
+        else:
+            self._server = await loop.create_server(
+                self._new_session, listen.host, listen.port, backlog=1024, reuse_address=True
+            )
+
+    def _new_session(self) -> Session:
+        return Session(self)
+
+    @property
+    def bound(self) -> list[tuple[str, int]]:
+        if self._server is None:
+            return []
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    # ------------------------------------------------------------------ sessions
+    def admit(self, session: Session) -> bool:
+        self.connections_total += 1
+        if len(self.sessions) >= self.settings.proxy.max_connections:
+            return False
+        self.sessions.add(session)
+        self._idle.clear()
+        return True
+
+    def release(self, session: Session) -> None:
+        self.sessions.discard(session)
+        if session.client_secret:
+            self._cancel_keys.pop((session.backend_pid, session.client_secret), None)
+        if not self.sessions:
+            self._idle.set()
+
+    def session_ready(self, session: Session) -> None:
+        if self.closing:
+            session.drain_then_close = True
+            if session.pending == 0:
+                session.shutdown_now()
+
+    def metrics_upstream_error(self) -> None:
+        self.upstream_errors += 1
+
+    # ------------------------------------------------------------------ cancel
+    def register_cancel_key(self, session: Session) -> bytes:
+        while True:
+            secret = new_secret(len(session.upstream_secret))
+            key = (session.backend_pid, secret)
+            if key not in self._cancel_keys:
+                self._cancel_keys[key] = session
+                return secret
+
+    def cancel(self, pid: int, secret: bytes) -> None:
+        session = self._cancel_keys.get((pid, secret))
+        if session is None:
+            log.info("cancel request with an unknown key ignored")
+            return
+        asyncio.get_running_loop().create_task(
+            self._send_cancel(session.backend_pid, session.upstream_secret)
+        )
+
+    async def _send_cancel(self, pid: int, secret: bytes) -> None:
+        up = self.settings.upstream
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(up.host, up.port), self.settings.proxy.connect_timeout
+            )
+            if up.sslmode != "disable":
+                writer.write(m.encode_ssl_request())
+                answer = await reader.readexactly(1)
+                if answer == b"S":
+                    await writer.start_tls(self.upstream_tls, server_hostname=up.host)
+                elif up.sslmode != "prefer":
+                    raise ConnectionError("upstream refused SSL for the cancel request")
+            writer.write(m.encode_cancel_request(pid, secret))
+            await writer.drain()
+            await reader.read()  # the server closes once it has read the request
+            writer.close()
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError,
+                asyncio.IncompleteReadError) as exc:
+            self.upstream_errors += 1
+            log.warning("forwarding a cancel request failed: %s", exc)
+
+    # ------------------------------------------------------------------ shutdown
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting; let running statements finish (up to ``timeout``); close the rest."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            if session.is_idle():
+                session.shutdown_now()
+            else:
+                session.drain_then_close = True
+        if self.sessions:
+            try:
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except asyncio.TimeoutError:
+                log.warning("shutdown timeout: closing %d busy sessions", len(self.sessions))
+                for session in list(self.sessions):
+                    session.shutdown_now()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+
+def reuseport_socket(host: str, port: int) -> socket.socket:
+    """A listening socket that several worker processes can share (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+

@@ -1,0 +1,402 @@
+"""One client session: a client connection, its upstream connection, and the relay between.
+
+The session is an asyncio ``Protocol`` for the client socket; a thin :class:`UpstreamProtocol`
+feeds the upstream socket's bytes back into it. Both directions run on callbacks, not
+streams: on the hot path ``data_received`` frames the bytes with the sans-I/O codec and writes
+them on in one call.
+
+Life of a session::
+
+    STARTUP   SSLRequest / GSSENCRequest / CancelRequest / StartupMessage from the client
+    CONNECT   open the upstream (TCP, then TLS per sslmode), send the client's startup packet
+    AUTH      relay authentication both ways; swap BackendKeyData for our own; strip
+              SCRAM-SHA-256-PLUS (the client's TLS channel is not the upstream's)
+    READY     relay: client messages are framed whole, server bytes stream through a scanner
+              that stops only at the few message types the proxy must see
+    CLOSED
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from .protocol import messages as m
+from .protocol.framer import MessageFramer, ProtocolViolation, RelayScanner, StartupFramer
+
+if TYPE_CHECKING:
+    from .server import ProxyServer
+
+log = logging.getLogger("pgveil.session")
+
+STARTUP, CONNECT, AUTH, READY, CLOSED = range(5)
+
+_Z, _E, _S, _K, _R, _V = b"ZESKRv"
+_X, _Q, _SYNC = b"XQS"
+#: Server messages the relay must look at once a session is ready.
+RELAY_INTERESTING = b"ZES"
+
+
+def _nodelay(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+class UpstreamProtocol(asyncio.Protocol):
+    """Hands the upstream socket's events to the session."""
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+        self.data_received = session.upstream_data  # type: ignore[method-assign]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.session.pause_client_reading()
+
+    def resume_writing(self) -> None:
+        self.session.resume_client_reading()
+
+
+class Session(asyncio.Protocol):
+    """The client side of one proxied connection."""
+
+    def __init__(self, server: "ProxyServer") -> None:
+        self.server = server
+        self.settings = server.settings
+        self.state = STARTUP
+        self.client: asyncio.Transport | None = None
+        self.upstream: asyncio.Transport | None = None
+        self.peer = ""
+        self._startup = StartupFramer()
+        self._frontend = MessageFramer(self.settings.proxy.max_message_bytes, m.FRONTEND_TYPES)
+        self._backend: MessageFramer | RelayScanner | None = None
+        self._early: list[bytes] = []  # client bytes that arrived before the upstream was up
+        self._ssl_waiter: asyncio.Future | None = None
+        self.startup: m.StartupMessage | None = None
+        self.backend_pid = 0
+        self.upstream_secret = b""
+        self.client_secret = b""
+        self.pending = 0  # Query and Sync messages sent upstream and not yet answered
+        self.tx_status = b"I"
+        self.parameters: dict[str, str] = {}
+        self.upstream_fatal = False
+        self.terminated = False
+        self.drain_then_close = False
+        self._client_paused = False
+        self._task: asyncio.Task | None = None
+
+    # ------------------------------------------------------------------ client socket events
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.client = transport  # type: ignore[assignment]
+        _nodelay(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "local")
+        if not self.server.admit(self):
+            self.fatal("53300", "pgveil: sorry, too many clients already",
+                       hint="Raise proxy.max_connections or retry later.")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self.state == READY:
+                self._client_ready(data)
+            elif self.state == STARTUP:
+                self._client_startup(data)
+            elif self.state == AUTH:
+                for _, raw in self._frontend.feed(data):
+                    self.upstream.write(raw)  # type: ignore[union-attr]
+            elif self.state == CONNECT:
+                self._early.append(data)
+        except ProtocolViolation as exc:
+            self.fatal("08P01", f"pgveil: protocol violation: {exc}",
+                       hint="The client sent bytes that are not valid PostgreSQL protocol 3.")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        up = self.upstream
+        if up is not None and not up.is_closing():
+            if self.state == READY and not self.terminated:
+                up.write(m.msg(b"X"))
+            up.close()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.state = CLOSED
+        self.server.release(self)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None:
+            self.upstream.resume_reading()
+
+    def pause_client_reading(self) -> None:
+        if self.client is not None and not self._client_paused:
+            self._client_paused = True
+            self.client.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        if self.client is not None and self._client_paused:
+            self._client_paused = False
+            self.client.resume_reading()
+
+    # ------------------------------------------------------------------ startup
+    def _client_startup(self, data: bytes) -> None:
+        got = self._startup.feed(data)
+        if got is None:
+            return
+        packet, rest = got
+        req = m.decode_startup(packet)
+        if isinstance(req, m.SSLRequest):
+            if rest:
+                raise ProtocolViolation("unencrypted data after SSL request")
+            ctx = self.server.client_tls
+            if ctx is None:
+                self.client.write(b"N")  # type: ignore[union-attr]
+                return
+            self.client.write(b"S")  # type: ignore[union-attr]
+            self._spawn(self._start_client_tls(ctx))
+            return
+        if isinstance(req, m.GSSENCRequest):
+            if rest:
+                raise ProtocolViolation("unencrypted data after GSSENC request")
+            self.client.write(b"N")  # type: ignore[union-attr]
+            return
+        if isinstance(req, m.CancelRequest):
+            self.server.cancel(req.pid, req.secret)
+            self.close()
+            return
+        self.startup = req
+        params = req.params
+        if "user" not in params:
+            self.fatal("28000", "pgveil: no PostgreSQL user name specified in startup packet",
+                       hint="Set the user in the connection string.")
+            return
+        repl = params.get("replication", "false").lower()
+        if repl not in ("false", "off", "no", "0"):
+            self.fatal("0A000", "pgveil: replication connections are not supported",
+                       hint="Connect replication clients directly to the database server.")
+            return
+        if self.server.closing:
+            self.fatal("57P03", "pgveil: the proxy is shutting down",
+                       hint="Reconnect in a moment; another instance may take the connection.")
+            return
+        self.state = CONNECT
+        if rest:
+            self._early.append(rest)
+        self._spawn(self._connect_upstream(packet))
+
+    def _spawn(self, coro) -> None:
+        self._task = asyncio.get_running_loop().create_task(coro)
+
+    async def _start_client_tls(self, ctx: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.client = await loop.start_tls(self.client, self, ctx, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError) as exc:
+            log.info("client %s: TLS handshake failed: %s", self.peer, exc)
+            if self.client is not None:
+                self.client.abort()
+            return
+        except asyncio.CancelledError:
+            return
+        self._startup = StartupFramer()
+
+    async def _connect_upstream(self, startup_packet: bytes) -> None:
+        up = self.settings.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamProtocol(self), up.host, up.port),
+                self.settings.proxy.connect_timeout,
+            )
+            self.upstream = transport
+            _nodelay(transport)
+            if up.sslmode != "disable":
+                self._ssl_waiter = loop.create_future()
+                transport.write(m.encode_ssl_request())
+                answer = await asyncio.wait_for(self._ssl_waiter, self.settings.proxy.connect_timeout)
+                self._ssl_waiter = None
+                if answer[:1] == b"S":
+                    if len(answer) > 1:
+                        raise ConnectionError("upstream sent unencrypted data after SSL response")
+                    self.upstream = await loop.start_tls(
+                        transport,
+                        transport.get_protocol(),
+                        self.server.upstream_tls,
+                        server_hostname=up.host,
+                    )
+                elif answer[:1] == b"N":
+                    if up.sslmode != "prefer":
+                        raise ConnectionError("the upstream server does not support SSL, "
+                                              f"but sslmode is {up.sslmode}")
+                else:
+                    raise ConnectionError("unexpected answer to SSLRequest")
+        except asyncio.CancelledError:
+            if self.upstream is not None:
+                self.upstream.abort()
+            return
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            log.warning("client %s: upstream connection failed: %s", self.peer, reason)
+            self.server.metrics_upstream_error()
+            if self.upstream is not None:
+                self.upstream.abort()
+                self.upstream = None
+            self.fatal("08006", f"pgveil: could not connect to the upstream server: {reason}",
+                       hint="Check [upstream] host, port and sslmode in the pgveil config.")
+            return
+        if self.state != CONNECT:  # client went away meanwhile
+            self.upstream.close()
+            return
+        self._backend = MessageFramer(self.settings.proxy.max_message_bytes)
+        self.state = AUTH
+        self.upstream.write((len(startup_packet) + 4).to_bytes(4, "big") + startup_packet)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
+
+    # ------------------------------------------------------------------ upstream events
+    def upstream_data(self, data: bytes) -> None:
+        if self.state == READY:
+            self._relay(data)
+            return
+        if self._ssl_waiter is not None:
+            if not self._ssl_waiter.done():
+                self._ssl_waiter.set_result(data)
+            return
+        try:
+            self._auth_from_upstream(data)
+        except ProtocolViolation as exc:
+            self.fatal("08P01", f"pgveil: the upstream server sent invalid data: {exc}")
+
+    def _auth_from_upstream(self, data: bytes) -> None:
+        out: list[bytes] = []
+        framer = self._backend
+        assert isinstance(framer, MessageFramer)
+        msgs = framer.feed(data)
+        for i, (mtype, raw) in enumerate(msgs):
+            if mtype == _R:
+                code, payload = m.decode_auth(raw[5:])
+                if code == m.AUTH_SASL:
+                    mechs = [x for x in m.decode_sasl_mechanisms(payload) if not x.endswith("-PLUS")]
+                    raw = m.encode_auth_sasl(mechs)
+            elif mtype == _K:
+                self.backend_pid, self.upstream_secret = m.decode_backend_key(raw[5:])
+                self.client_secret = self.server.register_cancel_key(self)
+                raw = m.encode_backend_key(self.backend_pid, self.client_secret)
+            elif mtype == _S:
+                name, value = m.decode_parameter_status(raw[5:])
+                self.parameters[name] = value
+            elif mtype == _E:
+                self.upstream_fatal = True
+            elif mtype == _Z:
+                out.append(raw)
+                self.tx_status = raw[5:6]
+                self.state = READY
+                self._backend = RelayScanner(RELAY_INTERESTING, self.settings.proxy.max_message_bytes)
+                self.client.write(b"".join(out))  # type: ignore[union-attr]
+                rest = b"".join(r for _, r in msgs[i + 1 :]) + bytes(framer._buf)
+                if rest:
+                    self._relay(rest)
+                self.server.session_ready(self)
+                return
+            out.append(raw)
+        if out:
+            self.client.write(b"".join(out))  # type: ignore[union-attr]
+
+    def upstream_lost(self, exc: Exception | None) -> None:
+        if self.state == CLOSED or self.client is None or self.client.is_closing():
+            return
+        if self._ssl_waiter is not None and not self._ssl_waiter.done():
+            self._ssl_waiter.set_exception(ConnectionError("upstream closed the connection"))
+            return
+        if self.state in (CONNECT,):
+            return  # the connect task reports it
+        if not self.upstream_fatal and not self.terminated:
+            self.server.metrics_upstream_error()
+            self.fatal("08006", "pgveil: lost the connection to the upstream server",
+                       hint="The database server closed the connection or crashed; reconnect.")
+        else:
+            self.close()
+
+    # ------------------------------------------------------------------ the relay (hot path)
+    def _client_ready(self, data: bytes) -> None:
+        msgs = self._frontend.feed(data)
+        up = self.upstream
+        for mtype, raw in msgs:
+            if mtype == _Q or mtype == _SYNC:
+                self.pending += 1
+            elif mtype == _X:
+                self.terminated = True
+        if len(msgs) == 1:
+            up.write(msgs[0][1])  # type: ignore[union-attr]
+        elif msgs:
+            up.write(b"".join([raw for _, raw in msgs]))  # type: ignore[union-attr]
+
+    def _relay(self, data: bytes) -> None:
+        try:
+            items = self._backend.feed(data)  # type: ignore[union-attr]
+        except ProtocolViolation as exc:
+            self.fatal("08P01", f"pgveil: the upstream server sent invalid data: {exc}")
+            return
+        out = []
+        for item in items:
+            if item.__class__ is tuple:
+                mtype, raw = item
+                if mtype == _Z:
+                    self.tx_status = raw[5:6]
+                    if self.pending:
+                        self.pending -= 1
+                elif mtype == _E:
+                    if m.decode_fields(raw[5:]).get("V") in ("FATAL", "PANIC"):
+                        self.upstream_fatal = True
+                elif mtype == _S:
+                    name, value = m.decode_parameter_status(raw[5:])
+                    self.parameters[name] = value
+                out.append(raw)
+            else:
+                out.append(item)
+        if len(out) == 1:
+            self.client.write(out[0])  # type: ignore[union-attr]
+        else:
+            self.client.write(b"".join(out))  # type: ignore[union-attr]
+        if self.drain_then_close and self.pending == 0:
+            self.shutdown_now()
+
+    # ------------------------------------------------------------------ endings
+    def is_idle(self) -> bool:
+        return self.state != READY or self.pending == 0
+
+    def fatal(self, sqlstate: str, message: str, hint: str | None = None) -> None:
+        """Send a FATAL ErrorResponse to the client and close the session."""
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(m.error_response(sqlstate, message, severity="FATAL", hint=hint))
+        self.close()
+
+    def shutdown_now(self) -> None:
+        self.fatal("57P01", "pgveil: terminating connection because the proxy is shutting down",
+                   hint="Reconnect; the proxy is restarting or being replaced.")
+
+    def close(self) -> None:
+        if self.client is not None and not self.client.is_closing():
+            self.client.close()
+        if self.upstream is not None and not self.upstream.is_closing():
+            if self.state == READY and not self.terminated:
+                self.terminated = True
+                self.upstream.write(m.msg(b"X"))
+            self.upstream.close()
+        self.state = CLOSED
+
+
+def new_secret(length: int) -> bytes:
+    return os.urandom(max(4, length))
