@@ -28,10 +28,11 @@ def install_uvloop() -> bool:
     return True
 
 
-async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None) -> None:
+async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None,
+              cancel_key: bytes | None = None) -> None:
     from .admin import bound_port, start_admin
 
-    server = ProxyServer(settings)
+    server = ProxyServer(settings, cancel_key)
     await server.start(sock)
     for host, port in server.bound:
         say(f"listening on {host}:{port}")
@@ -64,12 +65,13 @@ def serve(settings: Settings, workers: int = 1) -> int:
         return 0
     listen = settings.proxy.listen
     sock = reuseport_socket(listen.host, listen.port)
+    cancel_key = os.urandom(32)  # shared by the workers, so any of them can route a cancel
     children = []
     for i in range(workers):
         pid = os.fork()
         if pid == 0:
             try:
-                asyncio.run(run(settings, sock=sock, admin=(i == 0)))
+                asyncio.run(run(settings, sock=sock, admin=(i == 0), cancel_key=cancel_key))
             finally:
                 os._exit(0)
         children.append(pid)

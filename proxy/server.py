@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import socket
 import ssl
 
 from .config import Settings
 from .protocol import messages as m
-from .session import Session, new_secret
+from .session import Session
 from .tls import client_side_context, server_side_context
 
 log = logging.getLogger("pgveil.server")
 
 
 class ProxyServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, cancel_key: bytes | None = None) -> None:
         self.settings = settings
         self.sessions: set[Session] = set()
         self.client_tls: ssl.SSLContext | None = None
         if settings.proxy.tls_cert and settings.proxy.tls_key:
             self.client_tls = server_side_context(settings.proxy.tls_cert, settings.proxy.tls_key)
         self.upstream_tls = client_side_context(settings.upstream)
-        self._cancel_keys: dict[tuple[int, bytes], Session] = {}
+        self.cancel_key = cancel_key or os.urandom(32)
         self._server: asyncio.base_events.Server | None = None
         self.closing = False
         self._idle = asyncio.Event()
@@ -61,8 +64,6 @@ class ProxyServer:
 
     def release(self, session: Session) -> None:
         self.sessions.discard(session)
-        if session.client_secret:
-            self._cancel_keys.pop((session.backend_pid, session.client_secret), None)
         if not self.sessions:
             self._idle.set()
 
@@ -76,22 +77,26 @@ class ProxyServer:
         self.upstream_errors += 1
 
     # ------------------------------------------------------------------ cancel
-    def register_cancel_key(self, session: Session) -> bytes:
-        while True:
-            secret = new_secret(len(session.upstream_secret))
-            key = (session.backend_pid, secret)
-            if key not in self._cancel_keys:
-                self._cancel_keys[key] = session
-                return secret
+    # The secret a client gets is the upstream's secret XOR a pad derived from the backend PID
+    # and this server's cancel key. Any process holding the key (every --workers child) can
+    # turn a client's CancelRequest back into the upstream's without a shared table; the
+    # client, not knowing the upstream secret, learns nothing about the pad.
+    def _pad(self, pid: int, length: int) -> bytes:
+        out = b""
+        counter = 0
+        while len(out) < length:
+            out += hmac.new(self.cancel_key, pid.to_bytes(4, "big") + counter.to_bytes(4, "big"),
+                            hashlib.sha256).digest()
+            counter += 1
+        return out[:length]
+
+    def client_cancel_secret(self, pid: int, upstream_secret: bytes) -> bytes:
+        pad = self._pad(pid, len(upstream_secret))
+        return bytes(a ^ b for a, b in zip(upstream_secret, pad))
 
     def cancel(self, pid: int, secret: bytes) -> None:
-        session = self._cancel_keys.get((pid, secret))
-        if session is None:
-            log.info("cancel request with an unknown key ignored")
-            return
-        asyncio.get_running_loop().create_task(
-            self._send_cancel(session.backend_pid, session.upstream_secret)
-        )
+        upstream_secret = self.client_cancel_secret(pid, secret)  # XOR is its own inverse
+        asyncio.get_running_loop().create_task(self._send_cancel(pid, upstream_secret))
 
     async def _send_cancel(self, pid: int, secret: bytes) -> None:
         up = self.settings.upstream

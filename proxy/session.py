@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 import ssl
 from typing import TYPE_CHECKING
@@ -292,7 +291,7 @@ class Session(asyncio.Protocol):
                     raw = m.encode_auth_sasl(mechs)
             elif mtype == _K:
                 self.backend_pid, self.upstream_secret = m.decode_backend_key(raw[5:])
-                self.client_secret = self.server.register_cancel_key(self)
+                self.client_secret = self.server.client_cancel_secret(self.backend_pid, self.upstream_secret)
                 raw = m.encode_backend_key(self.backend_pid, self.client_secret)
             elif mtype == _S:
                 name, value = m.decode_parameter_status(raw[5:])
@@ -397,6 +396,3 @@ class Session(asyncio.Protocol):
             self.upstream.close()
         self.state = CLOSED
 
-
-def new_secret(length: int) -> bytes:
-    return os.urandom(max(4, length))
