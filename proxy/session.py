@@ -304,7 +304,7 @@ class Session(asyncio.Protocol):
                 self.state = READY
                 self._backend = RelayScanner(RELAY_INTERESTING, self.settings.proxy.max_message_bytes)
                 self.client.write(b"".join(out))  # type: ignore[union-attr]
-                rest = b"".join(r for _, r in msgs[i + 1 :]) + bytes(framer._buf)
+                rest = b"".join(r for _, r in msgs[i + 1 :]) + framer.take_buffered()
                 if rest:
                     self._relay(rest)
                 self.server.session_ready(self)
@@ -330,45 +330,35 @@ class Session(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the relay (hot path)
     def _client_ready(self, data: bytes) -> None:
-        msgs = self._frontend.feed(data)
-        up = self.upstream
-        for mtype, raw in msgs:
+        buf, upto, spans = self._frontend.feed_spans(data)
+        if not spans:
+            return
+        for mtype, start, _ in spans:
             if mtype == _Q or mtype == _SYNC:
                 self.pending += 1
             elif mtype == _X:
                 self.terminated = True
-        if len(msgs) == 1:
-            up.write(msgs[0][1])  # type: ignore[union-attr]
-        elif msgs:
-            up.write(b"".join([raw for _, raw in msgs]))  # type: ignore[union-attr]
+        self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
 
     def _relay(self, data: bytes) -> None:
         try:
-            items = self._backend.feed(data)  # type: ignore[union-attr]
+            buf, upto, events = self._backend.feed(data)  # type: ignore[union-attr]
         except ProtocolViolation as exc:
             self.fatal("08P01", f"pgveil: the upstream server sent invalid data: {exc}")
             return
-        out = []
-        for item in items:
-            if item.__class__ is tuple:
-                mtype, raw = item
-                if mtype == _Z:
-                    self.tx_status = raw[5:6]
-                    if self.pending:
-                        self.pending -= 1
-                elif mtype == _E:
-                    if m.decode_fields(raw[5:]).get("V") in ("FATAL", "PANIC"):
-                        self.upstream_fatal = True
-                elif mtype == _S:
-                    name, value = m.decode_parameter_status(raw[5:])
-                    self.parameters[name] = value
-                out.append(raw)
-            else:
-                out.append(item)
-        if len(out) == 1:
-            self.client.write(out[0])  # type: ignore[union-attr]
-        else:
-            self.client.write(b"".join(out))  # type: ignore[union-attr]
+        for mtype, start, stop in events:
+            if mtype == _Z:
+                self.tx_status = buf[start + 5 : stop]
+                if self.pending:
+                    self.pending -= 1
+            elif mtype == _E:
+                if m.decode_fields(buf[start + 5 : stop]).get("V") in ("FATAL", "PANIC"):
+                    self.upstream_fatal = True
+            elif mtype == _S:
+                name, value = m.decode_parameter_status(buf[start + 5 : stop])
+                self.parameters[name] = value
+        if upto:
+            self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
         if self.drain_then_close and self.pending == 0:
             self.shutdown_now()
 

@@ -100,20 +100,56 @@ class MessageFramer:
         self._buf = buf[pos:] if pos < end else b""
         return out
 
+    def feed_spans(self, data: bytes) -> tuple[bytes, int, list[tuple[int, int, int]]]:
+        """Like :meth:`feed`, without copying: ``(buf, upto, spans)``.
+
+        ``buf[:upto]`` holds whole messages only; ``spans`` lists each as
+        ``(type, start, stop)``. Whatever follows ``upto`` is kept for the next call.
+        """
+        buf = self._buf + data if self._buf else data
+        spans: list[tuple[int, int, int]] = []
+        pos = 0
+        end = len(buf)
+        valid = self.valid_types
+        maxsz = self.max_size
+        while end - pos >= 5:
+            mtype = buf[pos]
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            if valid is not None and mtype not in valid:
+                raise ProtocolViolation(f"invalid message type 0x{mtype:02x}")
+            if length < 4 or length > maxsz:
+                raise ProtocolViolation(
+                    f"invalid length {length} for message type {chr(mtype)!r}"
+                )
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            spans.append((mtype, pos, stop))
+            pos = stop
+        self._buf = buf[pos:] if pos < end else b""
+        return buf, pos, spans
+
+    def take_buffered(self) -> bytes:
+        """Hand over (and forget) bytes of an incomplete message, e.g. to another framer."""
+        rest, self._buf = self._buf, b""
+        return rest
+
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
 
 class RelayScanner:
-    """Finds message boundaries in a relayed stream, handing back only what matters.
+    """Finds message boundaries in a relayed stream, stopping only where it matters.
 
-    ``feed(data)`` returns a list whose items are either ``bytes`` (forward as they are) or
-    ``(type, raw)`` tuples for whole messages whose type is in ``interesting``. Concatenating
-    all ``bytes`` items and all ``raw`` parts in order gives back the input exactly.
+    ``feed(data)`` returns ``(buf, upto, events)``: ``buf[:upto]`` is ready to forward as it
+    is, and ``events`` lists the whole messages in it whose type is in ``interesting``, as
+    ``(type, start, stop)`` offsets into ``buf``. A message of another type is forwarded as
+    its bytes arrive, even when it is incomplete: a multi-megabyte DataRow is never
+    buffered. An interesting message is held back until it is whole.
     """
 
-    __slots__ = ("_pending", "_skip", "interesting", "max_size", "_partial")
+    __slots__ = ("_pending", "_skip", "interesting", "max_size")
 
     def __init__(self, interesting: bytes | frozenset[int], max_size: int) -> None:
         self.interesting = frozenset(interesting)
@@ -121,55 +157,38 @@ class RelayScanner:
         self._skip = 0  # bytes still to relay of an uninteresting message
         self._pending = b""  # an incomplete header or interesting message
 
-    def feed(self, data: bytes) -> list:
-        out: list = []
+    def feed(self, data: bytes) -> tuple[bytes, int, list[tuple[int, int, int]]]:
         end = len(data)
         pos = 0
         skip = self._skip
         if skip:
             if skip >= end:
                 self._skip = skip - end
-                return [data]
+                return data, end, []
             pos = skip
             self._skip = 0
         elif self._pending:
             data = self._pending + data
             self._pending = b""
             end = len(data)
-        start = 0  # start of the current relay run
+        events: list[tuple[int, int, int]] = []
         interesting = self.interesting
         maxsz = self.max_size
-        while True:
-            if end - pos < 5:
-                if pos < end:
-                    if start < pos:
-                        out.append(data[start:pos])
-                    self._pending = data[pos:]
-                    return out
-                break
+        while end - pos >= 5:
             mtype = data[pos]
             length = int.from_bytes(data[pos + 1 : pos + 5], "big")
             if length < 4 or length > maxsz:
                 raise ProtocolViolation(f"invalid length {length} for message type {chr(mtype)!r}")
             stop = pos + 1 + length
-            if mtype in interesting:
-                if stop > end:
-                    if start < pos:
-                        out.append(data[start:pos])
-                    self._pending = data[pos:]
-                    return out
-                if start < pos:
-                    out.append(data[start:pos])
-                out.append((mtype, data[pos:stop]))
-                pos = start = stop
-                continue
             if stop > end:
+                if mtype in interesting:
+                    self._pending = data[pos:]
+                    return data, pos, events
                 self._skip = stop - end
-                pos = end
-                break
+                return data, end, events
+            if mtype in interesting:
+                events.append((mtype, pos, stop))
             pos = stop
-        if start == 0 and pos == end:
-            out.append(data)
-        elif start < end:
-            out.append(data[start:end])
-        return out
+        if pos < end:
+            self._pending = data[pos:]
+        return data, pos, events

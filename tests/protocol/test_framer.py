@@ -47,16 +47,25 @@ def test_relay_scanner_relays_exact_bytes_and_finds_interesting(msgs, cuts, inte
     relayed = bytearray()
     found = []
     for chunk in split_at(data, cuts):
-        for item in scanner.feed(chunk):
-            if isinstance(item, tuple):
-                mtype, raw = item
-                assert mtype in interesting
-                found.append(raw)
-                relayed += raw
-            else:
-                relayed += item
+        buf, upto, events = scanner.feed(chunk)
+        for mtype, start, stop in events:
+            assert mtype in interesting and stop <= upto
+            found.append(buf[start:stop])
+        relayed += buf[:upto]
     assert bytes(relayed) == data
     assert found == [x for x in msgs if x[0] in interesting]
+
+
+@given(streams, st.lists(st.integers(min_value=0), max_size=20))
+def test_message_framer_spans_match_messages(msgs, cuts):
+    data = b"".join(msgs)
+    framer = MessageFramer(max_size=1 << 20)
+    got = []
+    for chunk in split_at(data, cuts):
+        buf, upto, spans = framer.feed_spans(chunk)
+        assert (spans[-1][2] if spans else 0) == upto
+        got += [buf[a:b] for _, a, b in spans]
+    assert got == msgs
 
 
 @given(st.binary(min_size=1, max_size=2000), st.lists(st.integers(min_value=0), max_size=10))
@@ -107,11 +116,13 @@ def test_oversized_and_unknown_messages_are_violations():
 def test_large_uninteresting_message_streams_without_buffering():
     big = m.msg(b"D", b"x" * 5_000_000)
     scanner = RelayScanner(b"Z", max_size=1 << 30)
-    first = scanner.feed(big[:65536])
-    assert first == [big[:65536]]
-    rest = scanner.feed(big[65536:] + m.ready_for_query())
-    assert rest[0] == big[65536:]
-    assert rest[1] == (ord("Z"), m.ready_for_query())
+    chunk = big[:65536]
+    buf, upto, events = scanner.feed(chunk)
+    assert buf is chunk and upto == len(chunk) and events == []
+    tail = big[65536:] + m.ready_for_query()
+    buf, upto, events = scanner.feed(tail)
+    assert buf is tail and upto == len(tail)
+    assert events == [(ord("Z"), len(big) - 65536, len(tail))]
 
 
 def test_startup_roundtrip_and_special_requests():
