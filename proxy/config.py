@@ -48,6 +48,7 @@ class ProxySettings:
     max_message_bytes: int = 256 * 1024 * 1024
     max_connections: int = 10000
     connect_timeout: float = 10.0
+    notice_masked: bool = True
 
 
 @dataclass
@@ -56,6 +57,9 @@ class UpstreamSettings:
     port: int = 5432
     sslmode: str = "prefer"
     sslrootcert: Path | None = None
+    catalog_user: str = "postgres"
+    catalog_password: str | None = None
+    catalog_refresh_seconds: float = 60.0
 
 
 @dataclass
@@ -167,6 +171,7 @@ def parse_settings(text: str, path: str = "<string>") -> Settings:
             if not isinstance(value, dict):
                 raise ConfigError(path, "policy", "expected a table", _line_of(text, "policy", ""))
             s.policy = value
+            _check_policy(value, path, text)
         elif name in later:
             raise ConfigError(
                 path, name, "this section is not supported by this version of pgveil",
@@ -181,6 +186,45 @@ def parse_settings(text: str, path: str = "<string>") -> Settings:
             )
     _check(s, path, text)
     return s
+
+
+def _check_policy(raw: dict, path: str, text: str) -> None:
+    from policy.rules import PolicyError, policy_from_dict
+
+    try:
+        policy_from_dict(raw)
+    except PolicyError as exc:
+        m = re.fullmatch(r"policy\.(\w+)(?:\[(\d+)\])?(?:\.(\w+))?", exc.key)
+        line = None
+        if m:
+            section, index, key = m.group(1), m.group(2), m.group(3)
+            if index is not None:
+                line = _line_of_array_item(text, f"policy.{section}", int(index), key)
+            else:
+                line = _line_of(text, "policy", section)
+        raise ConfigError(path, exc.key, exc.message, line) from None
+
+
+def _line_of_array_item(text: str, table: str, index: int, key: str | None) -> int | None:
+    """Line of ``key`` in the ``index``-th ``[[table]]`` block."""
+    header = re.compile(rf"^\s*\[\[\s*{re.escape(table)}\s*\]\]")
+    any_header = re.compile(r"^\s*\[")
+    count = -1
+    inside = False
+    start = None
+    for i, line in enumerate(text.splitlines(), 1):
+        if header.match(line):
+            count += 1
+            inside = count == index
+            if inside:
+                start = i
+            continue
+        if any_header.match(line):
+            inside = False
+            continue
+        if inside and key and re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return i
+    return start
 
 
 def _check(s: Settings, path: str, text: str) -> None:

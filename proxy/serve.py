@@ -34,6 +34,7 @@ async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None,
 
     server = ProxyServer(settings, cancel_key)
     await server.start(sock)
+    refresher = asyncio.get_running_loop().create_task(server.policy.refresh_loop())
     for host, port in server.bound:
         say(f"listening on {host}:{port}")
     runner = None
@@ -51,6 +52,7 @@ async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None,
     say(f"shutting down: waiting up to {settings.proxy.shutdown_timeout:g}s for "
         f"{sum(not s.is_idle() for s in server.sessions)} running statements")
     await server.shutdown(settings.proxy.shutdown_timeout)
+    refresher.cancel()
     if runner is not None:
         await runner.cleanup()
     say("stopped")

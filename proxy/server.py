@@ -12,6 +12,7 @@ import ssl
 
 from .config import Settings
 from .protocol import messages as m
+from .policy_runtime import PolicyRuntime
 from .session import Session
 from .tls import client_side_context, server_side_context
 
@@ -21,6 +22,7 @@ log = logging.getLogger("pgveil.server")
 class ProxyServer:
     def __init__(self, settings: Settings, cancel_key: bytes | None = None) -> None:
         self.settings = settings
+        self.policy = PolicyRuntime(settings)
         self.sessions: set[Session] = set()
         self.client_tls: ssl.SSLContext | None = None
         if settings.proxy.tls_cert and settings.proxy.tls_key:

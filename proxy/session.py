@@ -24,6 +24,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
+from .guard import Guard, NeedCatalog
 from .protocol import messages as m
 from .protocol.framer import MessageFramer, ProtocolViolation, RelayScanner, StartupFramer
 
@@ -35,7 +36,7 @@ log = logging.getLogger("pgveil.session")
 STARTUP, CONNECT, AUTH, READY, CLOSED = range(5)
 
 _Z, _E, _S, _K, _R, _V = b"ZESKRv"
-_X, _Q, _SYNC = b"XQS"
+_X, _Q, _SYNC, _P = b"XQSP"
 #: Server messages the relay must look at once a session is ready.
 RELAY_INTERESTING = b"ZES"
 
@@ -93,6 +94,19 @@ class Session(asyncio.Protocol):
         self.drain_then_close = False
         self._client_paused = False
         self._task: asyncio.Task | None = None
+        self.guard: Guard | None = None
+        self._holding = False  # client bytes wait in _backlog while a statement is held
+        self._backlog = b""
+
+    @property
+    def user(self) -> str:
+        return self.startup.params.get("user", "") if self.startup else ""
+
+    @property
+    def database(self) -> str:
+        if self.startup is None:
+            return ""
+        return self.startup.params.get("database") or self.user
 
     # ------------------------------------------------------------------ client socket events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -302,7 +316,15 @@ class Session(asyncio.Protocol):
                 out.append(raw)
                 self.tx_status = raw[5:6]
                 self.state = READY
-                self._backend = RelayScanner(RELAY_INTERESTING, self.settings.proxy.max_message_bytes)
+                interesting = RELAY_INTERESTING
+                if self.server.policy.masks(self.user):
+                    self.guard = Guard(self.server.policy, self.user, self.database,
+                                       self.parameters, self.settings.proxy.notice_masked)
+                    interesting = Guard.INTERESTING
+                    task = self.server.policy.ensure_catalog(self.database)
+                    if task is not None:
+                        self._hold(task)
+                self._backend = RelayScanner(interesting, self.settings.proxy.max_message_bytes)
                 self.client.write(b"".join(out))  # type: ignore[union-attr]
                 rest = b"".join(r for _, r in msgs[i + 1 :]) + framer.take_buffered()
                 if rest:
@@ -330,15 +352,71 @@ class Session(asyncio.Protocol):
 
     # ------------------------------------------------------------------ the relay (hot path)
     def _client_ready(self, data: bytes) -> None:
+        if self._holding:
+            self._backlog += data
+            return
         buf, upto, spans = self._frontend.feed_spans(data)
         if not spans:
             return
-        for mtype, start, _ in spans:
-            if mtype == _Q or mtype == _SYNC:
-                self.pending += 1
-            elif mtype == _X:
-                self.terminated = True
-        self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+        guard = self.guard
+        if guard is None:
+            for mtype, _, _ in spans:
+                if mtype == _Q or mtype == _SYNC:
+                    self.pending += 1
+                elif mtype == _X:
+                    self.terminated = True
+            self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+            return
+        out: list[bytes] = []
+        last = 0
+        for mtype, start, stop in spans:
+            rep = None
+            try:
+                if mtype == _Q:
+                    rep = guard.client_query(buf[start + 5 : stop])
+                    self.pending += 1
+                elif mtype == _P:
+                    rep = guard.client_parse(buf[start + 5 : stop])
+                elif mtype == _SYNC:
+                    self.pending += 1
+                elif mtype == _X:
+                    self.terminated = True
+            except NeedCatalog:
+                # send what came before, hold the rest until the catalog is fresh
+                out.append(buf[last:start])
+                self._backlog = buf[start:upto] + self._frontend.take_buffered() + self._backlog
+                task = self.server.policy.ensure_catalog(self.database, force=True)
+                if task is not None:
+                    self._hold(task)
+                break
+            if rep is not None:
+                out.append(buf[last:start])
+                out.append(rep)
+                last = stop
+        else:
+            out.append(buf[last:upto])
+        data_out = b"".join(out)
+        if data_out:
+            self.upstream.write(data_out)  # type: ignore[union-attr]
+
+    def _hold(self, task: asyncio.Future) -> None:
+        """Hold the client's statements until ``task`` is done, then carry on."""
+        self._holding = True
+        self.pause_client_reading()
+
+        def release(_fut: asyncio.Future) -> None:
+            self._holding = False
+            if self.state != READY:
+                return
+            self.resume_client_reading()
+            backlog, self._backlog = self._backlog, b""
+            if backlog:
+                try:
+                    self._client_ready(backlog)
+                except ProtocolViolation as exc:
+                    self.fatal("08P01", f"pgveil: protocol violation: {exc}")
+
+        task.add_done_callback(release)
 
     def _relay(self, data: bytes) -> None:
         try:
@@ -346,6 +424,9 @@ class Session(asyncio.Protocol):
         except ProtocolViolation as exc:
             self.fatal("08P01", f"pgveil: the upstream server sent invalid data: {exc}")
             return
+        guard = self.guard
+        out = None
+        last = 0
         for mtype, start, stop in events:
             if mtype == _Z:
                 self.tx_status = buf[start + 5 : stop]
@@ -357,7 +438,31 @@ class Session(asyncio.Protocol):
             elif mtype == _S:
                 name, value = m.decode_parameter_status(buf[start + 5 : stop])
                 self.parameters[name] = value
-        if upto:
+                if guard is not None and name == "search_path":
+                    guard.path_override = None
+            if guard is not None:
+                dropping = guard.blocking  # after a failed wire check: drop all but Z
+                rep = guard.server_message(mtype, buf[start:stop], self.pending == 0)
+                if dropping or rep is not None:
+                    if out is None:
+                        out = []
+                    if not dropping:
+                        out.append(buf[last:start])
+                    out.append(buf[start:stop] if rep is None else rep)
+                    last = stop
+                if mtype == _Z and guard.refresh_after and self.pending == 0:
+                    guard.refresh_after = False
+                    task = self.server.policy.ensure_catalog(self.database, force=True)
+                    if task is not None:
+                        self._hold(task)
+        if guard is not None and guard.blocking:
+            if out is None:
+                out = []
+            last = upto  # the rest of a withheld result is dropped
+        if out is not None:
+            out.append(buf[last:upto])
+            self.client.write(b"".join(out))  # type: ignore[union-attr]
+        elif upto:
             self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
         if self.drain_then_close and self.pending == 0:
             self.shutdown_now()

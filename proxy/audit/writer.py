@@ -1,0 +1,310 @@
+"""``AuditLog``: the proxy's one handle on the audit trail.
+
+The query path only ever *enqueues*: ``intent``/``complete``/``event`` build the record,
+chain it (``seq``, ``prev``) and seal it (HMAC) right away, on the event loop — a few
+microseconds of CPU, no I/O — and append the line to an in-memory queue. Chaining at
+enqueue time fixes the order: the log's order is the order of the calls.
+
+One background task drains the queue into the sink: it takes everything queued, hands it to
+the sink as one batch (one write + one fsync, on the sink's own thread), and meanwhile new
+records pile up for the next batch. That is group commit: under load batches grow, fsyncs
+per record shrink, and nothing on the event loop waits for the disk.
+
+Durability and failure:
+
+* ``fsync = "always"``: the session ``await log.durable(rid)`` before it forwards the
+  statement (``log.wait_before_forward`` says whether to). ``"batch"``: it does not wait;
+  the record is durable one group commit later.
+* When the sink fails, ``healthy`` turns False and the writer retries (backoff up to 2 s,
+  reopening the sink) until it works again; nothing queued is lost while the process lives,
+  and a record is never dropped once it has a ``seq`` (the chain stays whole).
+* ``on_failure = "fail_closed"``: while unhealthy, ``intent`` raises
+  :class:`AuditUnavailable` and the session refuses the statement; ``durable`` waiters get
+  the same error. ``"continue"``: statements go on; records that do not fit in the queue
+  (``max_pending``) are dropped *before* they get a ``seq``, counted in ``dropped``, and a
+  ``records_dropped`` event with the count is logged once records fit again.
+
+Use from the event loop's thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import os
+import time
+from collections import deque
+from typing import Any, Mapping
+
+from . import records
+from .errors import AuditUnavailable
+from .keys import key_id, load_or_create_key
+from .records import Sealer, StatementIntent, StatementResult, line_hash
+from .settings import AuditSettings
+from .sinks import Sink, make_sink
+
+log = logging.getLogger("pgveil.audit")
+
+MAX_BATCH_RECORDS = 10_000
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+STALL_SECONDS = 30.0            # a sink that has not acknowledged anything for this long is unhealthy
+BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
+
+
+class AuditLog:
+    """Tamper-evident, group-committed audit log. See the module docstring."""
+
+    def __init__(self, settings: AuditSettings, *, sink: Sink | None = None,
+                 key: bytes | None = None) -> None:
+        self.settings = settings
+        key = key if key is not None else load_or_create_key(settings.key_file)
+        self.key_id = key_id(key)
+        self._sealer = Sealer(key)
+        self._sink = sink if sink is not None else make_sink(settings, self._sealer)
+        self._fail_closed = settings.on_failure == "fail_closed"
+        self._literals = settings.include_literals
+        # chain state (of the last *enqueued* record)
+        self._next_seq = 1
+        self._prev = records.GENESIS
+        # queue of (seq, line, enqueued at monotonic)
+        self._queue: deque[tuple[int, bytes, float]] = deque()
+        self._durable_seq = 0
+        self._waiters: list[tuple[int, int, asyncio.Future[bool], bool]] = []
+        self._tiebreak = itertools.count()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._opened = False
+        self._closing = False
+        self._error: str | None = None
+        self._unreported_drops = 0
+        self.written = 0
+        self.dropped = 0
+        self.batches = 0
+
+    # -- state for the proxy and for metrics ----------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        """False while the sink is not open, failing, stalled, or the queue is full."""
+        return (
+            self._opened
+            and self._error is None
+            and len(self._queue) < self.settings.max_pending
+            and self.lag_seconds < STALL_SECONDS
+        )
+
+    @property
+    def last_error(self) -> str | None:
+        return self._error if self._opened else (self._error or "audit log not started")
+
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the oldest record not yet durable (0 when all are)."""
+        return time.monotonic() - self._queue[0][2] if self._queue else 0.0
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    @property
+    def last_seq(self) -> int:
+        """The last durable seq: export it (metrics) as an outside copy of the head."""
+        return self._durable_seq
+
+    @property
+    def wait_before_forward(self) -> bool:
+        """Whether the session must ``await durable(rid)`` before forwarding."""
+        return self.settings.fsync == "always"
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self, *, strict: bool = True) -> None:
+        """Open the sink and start the writer task.
+
+        ``strict``: raise :class:`AuditUnavailable` if the sink cannot be opened (what
+        ``serve`` wants: a clear error at startup). Otherwise come up unhealthy and keep
+        retrying in the background.
+        """
+        if self._task is not None:
+            return
+        try:
+            await self._open()
+        except Exception as exc:
+            self._error = f"cannot open {self._sink.describe()}: {_reason(exc)}"
+            if strict:
+                await self._sink.close()
+                raise AuditUnavailable(self._error) from exc
+            log.error("audit: %s", self._error)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="pgveil-audit-writer")
+
+    async def _open(self) -> None:
+        tip = await self._sink.open()
+        self._next_seq, self._prev = tip.seq + 1, tip.hash
+        self._durable_seq = tip.seq
+        self._opened, self._error = True, None
+        for note in tip.notes:
+            kind = note.pop("event")
+            self._append("event", {"event": kind, **note})
+        self._append("event", {"event": "start", "pid": os.getpid(), "key_id": self.key_id,
+                               "sink": self._sink.name, "fsync": self.settings.fsync})
+
+    async def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything enqueued so far is durable; raise if the sink is failing."""
+        if self._next_seq - 1 > self._durable_seq:
+            await asyncio.wait_for(self._wait(self._next_seq - 1, fail=True), timeout)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Log ``stop``, flush (up to ``timeout``), stop the writer and close the sink."""
+        if self._closing:
+            return
+        if self._opened and self.healthy:
+            self._append("event", {"event": "stop"})
+        try:
+            await self.flush(timeout)
+        except (AuditUnavailable, asyncio.TimeoutError) as exc:
+            log.error("audit: closing with %d records not written: %s", len(self._queue), exc)
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._fail_waiters(AuditUnavailable("audit log closed"))
+        await self._sink.close()
+
+    # -- the API of the query path --------------------------------------------------------
+    def intent(self, fields: Mapping[str, Any] | StatementIntent) -> int:
+        """Record a statement about to run; returns its ``rid`` (its seq), 0 if dropped."""
+        if not self.healthy and self._fail_closed:
+            raise AuditUnavailable(self.last_error or "audit queue full")
+        data = fields.to_fields() if isinstance(fields, StatementIntent) else fields
+        return self._enqueue("intent", data)
+
+    def complete(self, rid: int, fields: Mapping[str, Any] | StatementResult) -> int:
+        """Record a statement's outcome, linked to its intent by ``rid``. Never raises."""
+        if rid <= 0:
+            return 0
+        data = fields.to_fields() if isinstance(fields, StatementResult) else dict(fields)
+        return self._enqueue("complete", {"rid": rid, **data})
+
+    def event(self, kind: str, fields: Mapping[str, Any] | None = None, /, *,
+              must: bool = False, **more: Any) -> int:
+        """Record an event (request, approval, grant use…). ``must``: raise like ``intent``
+        instead of dropping when the log cannot take it."""
+        if must and not self.healthy and self._fail_closed:
+            raise AuditUnavailable(self.last_error or "audit queue full")
+        return self._enqueue("event", {"event": kind, **(fields or {}), **more})
+
+    async def durable(self, rid: int, timeout: float | None = None) -> bool:
+        """Wait until record ``rid`` is durable. True when it is; in ``continue`` mode False
+        if the sink is failing (do not hold statements for a dead sink); in ``fail_closed``
+        mode :class:`AuditUnavailable` instead."""
+        if rid <= self._durable_seq:
+            return True
+        if self._error is not None or not self._opened:
+            if self._fail_closed:
+                raise AuditUnavailable(self.last_error or "")
+            return False
+        return await asyncio.wait_for(self._wait(rid, fail=self._fail_closed), timeout)
+
+    # -- internals ------------------------------------------------------------------------
+    def _enqueue(self, type_: str, fields: Mapping[str, Any]) -> int:
+        if not self._opened or len(self._queue) >= self.settings.max_pending:
+            self.dropped += 1
+            self._unreported_drops += 1
+            return 0
+        if self._unreported_drops:
+            count, self._unreported_drops = self._unreported_drops, 0
+            self._append("event", {"event": "records_dropped", "count": count})
+        return self._append(type_, fields)
+
+    def _append(self, type_: str, fields: Mapping[str, Any]) -> int:
+        seq = self._next_seq
+        rec = records.build(seq, self.settings.instance, type_, fields, self._prev,
+                            include_literals=self._literals)
+        line = self._sealer.seal(rec)
+        self._prev = line_hash(line)
+        self._next_seq = seq + 1
+        self._queue.append((seq, line, time.monotonic()))
+        self._wake.set()
+        return seq
+
+    def _wait(self, seq: int, *, fail: bool) -> asyncio.Future[bool]:
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (seq, next(self._tiebreak), fut, fail))
+        return fut
+
+    def _release_waiters(self) -> None:
+        while self._waiters and self._waiters[0][0] <= self._durable_seq:
+            _, _, fut, _ = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(True)
+
+    def _fail_waiters(self, exc: AuditUnavailable) -> None:
+        """The sink failed: fail-closed waiters get ``exc``, the others are told False."""
+        waiters, self._waiters = self._waiters, []
+        for _, _, fut, fail in waiters:
+            if fut.done():
+                continue
+            if fail:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(False)
+
+    async def _run(self) -> None:
+        backoff = BACKOFF_START
+        while True:
+            if not self._opened:
+                try:
+                    await self._open()
+                    log.warning("audit: %s open again", self._sink.describe())
+                    backoff = BACKOFF_START
+                except Exception as exc:
+                    self._error = f"cannot open {self._sink.describe()}: {_reason(exc)}"
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch, nbytes = [], 0
+            for seq, line, _ in self._queue:
+                if len(batch) >= MAX_BATCH_RECORDS or (batch and nbytes + len(line) > MAX_BATCH_BYTES):
+                    break
+                batch.append(line)
+                nbytes += len(line)
+            first = self._queue[0][0]
+            try:
+                await self._sink.write(first, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                first_failure = self._error is None
+                self._error = f"cannot write {self._sink.describe()}: {_reason(exc)}"
+                if first_failure:
+                    log.error("audit: %s", self._error)
+                self._fail_waiters(AuditUnavailable(self._error))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            if self._error is not None:
+                log.warning("audit: %s writable again", self._sink.describe())
+            self._error = None
+            backoff = BACKOFF_START
+            for _ in batch:
+                self._queue.popleft()
+            self._durable_seq = first + len(batch) - 1
+            self.written += len(batch)
+            self.batches += 1
+            self._release_waiters()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror} ({exc.filename})" if exc.filename else exc.strerror
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,237 @@
+"""Policy enforcement inside one session, on the wire.
+
+A :class:`Guard` sits in a session of a user who is not exempt. It sees each Query and Parse
+before it goes upstream, and the server messages a masked user must not receive unchecked.
+
+* **Decide at the statement.** The text goes to :meth:`PolicyRuntime.decide`; a rewritten
+  statement replaces the original, a forwarded one goes as it came.
+* **Deny in-band.** A denied statement is replaced by a *poison* statement: a unique word
+  PostgreSQL rejects as a syntax error. The server then does exactly what it does for any
+  failed statement (aborts the transaction block, skips extended-protocol messages until
+  Sync, sends ReadyForQuery with the right status), and the guard swaps the server's syntax
+  error for pgveil's ErrorResponse. No response is ever synthesised out of order.
+* **Verify on the wire.** A RowDescription naming a sensitive column (table OID and
+  attribute number) that no live grant covers means the analysis missed something: the
+  RowDescription is replaced by an error and every message up to ReadyForQuery is dropped.
+* **Scrub** DETAIL/CONTEXT of errors and notices that can quote row values.
+* **Explain.** When a result has masked columns, one NOTICE per statement names them and
+  says how to ask for access. Synthetic messages are only ever inserted at a message
+  boundary of the server stream (just before the next ReadyForQuery).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING
+
+from policy.names import parse_search_path
+from policy.scrub import scrub_error_fields
+
+from .protocol import messages as m
+
+if TYPE_CHECKING:
+    from .policy_runtime import PolicyRuntime
+    from policy.decision import Decision
+
+log = logging.getLogger("pgveil.guard")
+
+_E, _N, _T, _Z = b"ENTZ"
+POISON_PREFIX = "pgveil_denied_"
+
+
+class NeedCatalog(Exception):
+    """The statement names a relation the catalog lacks: refresh, then decide again."""
+
+
+class Guard:
+    #: server message types the relay must hand to :meth:`server_message`
+    INTERESTING = b"ZESTN"
+
+    def __init__(self, runtime: "PolicyRuntime", user: str, database: str,
+                 parameters: dict[str, str], notice: bool = True) -> None:
+        self.runtime = runtime
+        self.user = user
+        self.database = database
+        self.parameters = parameters  # the session's live ParameterStatus map
+        self.notice = notice
+        self.poisons: dict[str, bytes] = {}
+        self.outbox: list[bytes] = []  # synthetic messages waiting for a message boundary
+        self.blocking = False
+        self.refresh_after = False
+        self._retried: set[str] = set()
+        self._sensitive_version: tuple | None = None
+        self._sensitive: dict[int, dict[int, tuple[str, str, tuple[str, ...]]]] = {}
+        self.last: "Decision | None" = None
+        self.path_override: tuple[str, ...] | None = None  # until the server reports it
+
+    # ------------------------------------------------------------------ client side
+    def _decide(self, sql: str) -> "Decision | bytes":
+        """A decision, or a ready-made ErrorResponse when none can be made."""
+        path = self.path_override or parse_search_path(
+            self.parameters.get("search_path", '"$user", public'))
+        try:
+            d = self.runtime.decide(sql, user=self.user, database=self.database,
+                                    search_path=path, settings=self.parameters)
+        except LookupError as exc:
+            return m.error_response(
+                "0A000",
+                f"pgveil: cannot check this statement: the schema catalog of database "
+                f"{self.database!r} is not available ({exc})",
+                hint="pgveil loads the catalog as [upstream] catalog_user; check that it can "
+                     "connect, then retry.",
+            )
+        except Exception as exc:  # noqa: BLE001 - a bug must fail closed, not open
+            log.exception("decision failed (%s)", type(exc).__name__)
+            return m.error_response(
+                "0A000", "pgveil: this statement could not be analysed",
+                hint="This is a pgveil limitation or bug; simplify the statement or report it.")
+        if d.reason == "denied_unknown_relation" and d.fingerprint not in self._retried:
+            self._retried.add(d.fingerprint)
+            raise NeedCatalog()
+        self._retried.discard(d.fingerprint)
+        self.last = d
+        effect = d.session_effects.get("search_path", False) if d.session_effects else False
+        if effect is not False and d.action != "deny":
+            self.path_override = effect or None
+        if d.refresh_catalog:
+            self.refresh_after = True
+        return d
+
+    def _poison(self, error: bytes) -> str:
+        token = POISON_PREFIX + secrets.token_hex(8)
+        self.poisons[token] = error
+        return token
+
+    def _after_decision(self, d: "Decision") -> None:
+        if d.masked and self.notice:
+            self.outbox.append(_masked_notice(d))
+
+    def client_query(self, body: bytes) -> bytes | None:
+        """Replacement Query message, or None to forward the original."""
+        sql = m.decode_query(body)
+        d = self._decide(sql)
+        if isinstance(d, bytes):
+            return m.encode_query(self._poison(d))
+        if d.action == "forward":
+            self._after_decision(d)
+            return None
+        if d.action == "rewrite":
+            self._after_decision(d)
+            return m.encode_query(d.sql)
+        return m.encode_query(self._poison(_denial(d)))
+
+    def client_parse(self, body: bytes) -> bytes | None:
+        p = m.decode_parse(body)
+        d = self._decide(p.query)
+        if isinstance(d, bytes):
+            return m.encode_parse(m.Parse(p.name, self._poison(d), p.param_types))
+        if d.action == "forward":
+            self._after_decision(d)
+            return None
+        if d.action == "rewrite":
+            self._after_decision(d)
+            return m.encode_parse(m.Parse(p.name, d.sql, p.param_types))
+        return m.encode_parse(m.Parse(p.name, self._poison(_denial(d)), p.param_types))
+
+    # ------------------------------------------------------------------ server side
+    def server_message(self, mtype: int, msg: bytes, idle: bool) -> bytes | None:
+        """Replacement for one whole server message (b"" drops it), or None to keep it."""
+        if mtype == _Z:
+            self.blocking = False
+            out = None
+            if self.outbox:
+                out = b"".join(self.outbox) + msg
+                self.outbox.clear()
+            if idle:
+                self.poisons.clear()
+            return out
+        if self.blocking:
+            return b""
+        if mtype == _T:
+            return self._check_row_description(msg)
+        if mtype == _E or mtype == _N:
+            fields = m.decode_fields(msg[5:])
+            if mtype == _E and self.poisons:
+                text = fields.get("M", "")
+                for token in self.poisons:
+                    if token in text:
+                        return self.poisons.pop(token)
+            scrubbed = scrub_error_fields(fields)
+            if scrubbed != fields:
+                return m.encode_fields(msg[:1], scrubbed)
+        return None
+
+    def _sensitive_columns(self) -> dict[int, dict[int, tuple[str, str, tuple[str, ...]]]]:
+        st = self.runtime.catalogs.get(self.database)
+        if st is None or st.catalog is None:
+            return {}
+        key = (st.version, self.runtime.policy_version)
+        if self._sensitive_version != key:
+            self._sensitive = sensitive_columns(st.catalog, self.runtime.policy)
+            self._sensitive_version = key
+        return self._sensitive
+
+    def _check_row_description(self, msg: bytes) -> bytes | None:
+        sensitive = self._sensitive_columns()
+        if not sensitive:
+            return None
+        now = time.time()
+        grants = self.runtime.grants
+        for f in m.decode_row_description(msg[5:]):
+            cols = sensitive.get(f.table_oid)
+            if cols is None:
+                continue
+            hit = cols.get(f.attnum)
+            if hit is None and f.attnum == 0 and f.table_oid:
+                hit = next(iter(cols.values()))  # a whole-row value of a sensitive table
+            if hit is None:
+                continue
+            table, column, also = hit
+            if grants.covers(self.user, table, column, now) or any(
+                grants.covers(self.user, t, column, now) for t in also
+            ):
+                continue
+            log.error("wire check: unmasked sensitive column %s.%s in a result; rows withheld",
+                      table, column)
+            self.blocking = True
+            from policy.errors import render
+
+            sqlstate, message, hint = render("wire_leak", column=column, table=table)
+            return m.error_response(sqlstate, message, hint=hint)
+        return None
+
+
+def sensitive_columns(catalog, policy) -> dict[int, dict[int, tuple[str, str, tuple[str, ...]]]]:
+    """oid → attnum → (qualified table, column, other tables whose grant lifts it)."""
+    plan = catalog.plan_for(policy)
+    out: dict[int, dict[int, tuple[str, str, tuple[str, ...]]]] = {}
+    for oid, masks in plan.masks.items():
+        rel = catalog.relations.get(oid)
+        if rel is None:
+            continue
+        for name, cm in masks.items():
+            also = tuple(catalog.relations[o].qualified for o, _ in cm.via if o in catalog.relations)
+            out.setdefault(oid, {})[cm.column.attnum] = (rel.qualified, name, also)
+    return out
+
+
+def _denial(d: "Decision") -> bytes:
+    return m.error_response(d.sqlstate or "42501", d.message or "pgveil: statement denied",
+                            hint=d.hint)
+
+
+def _masked_notice(d: "Decision") -> bytes:
+    by_table: dict[str, list[str]] = {}
+    for table, column, _kind in d.masked:
+        cols = by_table.setdefault(table, [])
+        if column not in cols:
+            cols.append(column)
+    shown = ", ".join(f"{t}.{c} ({k})" for t, c, k in d.masked)
+    table, cols = next(iter(by_table.items()))
+    return m.notice_response(
+        f"pgveil: masked columns in this statement: {shown}",
+        hint=(f"To see them, request access: REQUEST ACCESS TO {table} ({', '.join(cols)}) "
+              "FOR '30 minutes' BECAUSE 'your reason'"),
+    )

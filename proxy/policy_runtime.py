@@ -1,0 +1,186 @@
+"""The proxy's side of policy: catalogs loaded from the upstream, live grants, cached decisions.
+
+``policy/`` decides and never does I/O; this module feeds it. One :class:`PolicyRuntime`
+per process holds:
+
+* the validated :class:`~policy.rules.Policy` from the config file;
+* one :class:`~policy.catalog.Catalog` per database, loaded on first use with
+  ``CATALOG_QUERY`` over a connection of its own (``[upstream] catalog_user``), refreshed
+  after DDL through the proxy, when a statement names a relation the catalog lacks, and
+  every ``catalog_refresh_seconds``;
+* the live grants (an in-memory :class:`~policy.grants.GrantSet`);
+* a decision cache: exact text first, then the literal-free fingerprint for decisions that
+  do not depend on literals. The key includes the user, search_path, session settings and
+  the catalog, policy and grant versions, so a changed grant or catalog is never served a
+  stale decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from policy.catalog import CATALOG_QUERY, Catalog
+from policy.decision import Decision, decide
+from policy.fingerprint import fingerprint
+from policy.grants import EMPTY_GRANTS, GrantSet
+from policy.rules import Policy, policy_from_dict
+
+from .config import Settings
+
+log = logging.getLogger("pgveil.policy")
+
+#: Settings reported by the server that change how SQL text is read.
+LEXER_SETTINGS = ("standard_conforming_strings", "backslash_quote", "search_path")
+
+
+@dataclass
+class CatalogState:
+    catalog: Catalog | None = None
+    version: int = 0
+    loaded_at: float = 0.0
+    error: str | None = None
+    task: asyncio.Task | None = None
+
+
+class DecisionCache:
+    """A bounded LRU of decisions."""
+
+    def __init__(self, size: int = 20000) -> None:
+        self.size = size
+        self._d: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key):
+        d = self._d.get(key)
+        if d is None:
+            self.misses += 1
+            return None
+        self._d.move_to_end(key)
+        self.hits += 1
+        return d
+
+    def put(self, key, value) -> None:
+        self._d[key] = value
+        if len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+    def clear(self) -> None:
+        self._d.clear()
+
+
+class PolicyRuntime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy: Policy | None = policy_from_dict(settings.policy) if settings.policy else None
+        self.policy_version = 1
+        self.grants: GrantSet = EMPTY_GRANTS
+        self.grants_version = 0
+        self.catalogs: dict[str, CatalogState] = {}
+        self.cache = DecisionCache()
+        self.decisions = 0
+
+    # ------------------------------------------------------------------ who is masked
+    def masks(self, user: str) -> bool:
+        """Whether statements of ``user`` go through the policy (everyone not exempt)."""
+        return self.policy is not None and not self.policy.is_exempt(user)
+
+    # ------------------------------------------------------------------ catalogs
+    def catalog_state(self, database: str) -> CatalogState:
+        st = self.catalogs.get(database)
+        if st is None:
+            st = self.catalogs[database] = CatalogState()
+        return st
+
+    def ensure_catalog(self, database: str, *, force: bool = False) -> asyncio.Task | None:
+        """Start loading ``database``'s catalog unless it is loaded (or loading)."""
+        st = self.catalog_state(database)
+        if st.task is not None and not st.task.done():
+            return st.task
+        if st.catalog is not None and not force:
+            return None
+        st.task = asyncio.get_running_loop().create_task(self._load(database, st))
+        return st.task
+
+    async def _load(self, database: str, st: CatalogState) -> None:
+        import psycopg
+
+        up = self.settings.upstream
+        kw = dict(host=up.host, port=up.port, dbname=database, user=up.catalog_user,
+                  sslmode="disable" if up.sslmode == "disable" else up.sslmode,
+                  application_name="pgveil-catalog", connect_timeout=10)
+        password = up.catalog_password or os.environ.get("PGVEIL_CATALOG_PASSWORD")
+        if password:
+            kw["password"] = password
+        if up.sslrootcert is not None:
+            kw["sslrootcert"] = str(up.sslrootcert)
+        started = time.monotonic()
+        try:
+            async with await psycopg.AsyncConnection.connect(autocommit=True, **kw) as conn:
+                await conn.execute("SET statement_timeout = '30s'")
+                cur = await conn.execute(CATALOG_QUERY)
+                rows = await cur.fetchall()
+            catalog = Catalog.from_rows(rows)
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the catalog unusable
+            st.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+            log.warning("loading the catalog of database %r failed: %s", database, st.error)
+            return
+        st.catalog = catalog
+        st.version += 1
+        st.loaded_at = time.monotonic()
+        st.error = None
+        log.info("catalog of %r loaded: %d relations in %.0f ms", database,
+                 len(catalog.relations), (st.loaded_at - started) * 1000)
+
+    async def refresh_loop(self) -> None:
+        interval = self.settings.upstream.catalog_refresh_seconds
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            for database in list(self.catalogs):
+                task = self.ensure_catalog(database, force=True)
+                if task is not None:
+                    await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------------ grants
+    def set_grants(self, grants: GrantSet) -> None:
+        self.grants = grants
+        self.grants_version += 1
+
+    # ------------------------------------------------------------------ decisions
+    def decide(self, sql: str, *, user: str, database: str, search_path: tuple[str, ...],
+               settings: dict[str, str]) -> Decision:
+        st = self.catalogs.get(database)
+        catalog = st.catalog if st is not None else None
+        if catalog is None:
+            raise LookupError(st.error if st is not None and st.error else "not loaded")
+        assert self.policy is not None
+        grants_version = self.grants_version if self.grants.for_user(user) else 0
+        context = (user, database, search_path, st.version, self.policy_version, grants_version,
+                   tuple(settings.get(k) for k in LEXER_SETTINGS[:2]))
+        key = (sql, context)
+        d = self.cache.get(key)
+        if d is not None:
+            return d
+        fkey = None
+        try:
+            fkey = ("fp", fingerprint(sql), context)
+        except Exception:  # noqa: BLE001 - unfingerprintable text is decided uncached
+            fkey = None
+        if fkey is not None:
+            d = self.cache.get(fkey)
+            if d is not None and d.action == "forward":
+                return d
+        self.decisions += 1
+        d = decide(sql, user=user, search_path=search_path, catalog=catalog, policy=self.policy,
+                   grants=self.grants, now=time.time(), settings=settings)
+        self.cache.put(key, d)
+        if fkey is not None and d.cache_by_fingerprint and d.action == "forward":
+            self.cache.put(fkey, d)
+        return d
