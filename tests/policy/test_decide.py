@@ -1,0 +1,347 @@
+"""decide() without a database: forwards, rewrites, denials, and what a Decision reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pglast import parser as pg_parser
+
+from policy.decision import decide
+from policy.grants import Grant, GrantSet
+from policy.rules import policy_from_dict
+
+from .sample import SAMPLE_POLICY_DICT, sample_catalog, sample_policy
+
+CAT = sample_catalog()
+POL = sample_policy()
+PATH = ("$user", "public")
+
+
+def d(sql: str, user: str = "analyst", grants: GrantSet | None = None, now: float = 0.0,
+      search_path=PATH, settings=None, policy=POL, catalog=CAT):
+    return decide(sql, user=user, search_path=search_path, catalog=catalog, policy=policy,
+                  grants=grants or GrantSet(), now=now, settings=settings)
+
+
+def relations_read(sql: str) -> list[str]:
+    """Names of every RangeVar in the (rewritten) text, for structural assertions."""
+    out: list[str] = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            if "relname" in v and "relpersistence" in v:
+                out.append(f"{v.get('schemaname', '')}.{v['relname']}|{(v.get('alias') or {}).get('aliasname', '')}")
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+
+    walk(json.loads(pg_parser.parse_sql_json(sql)))
+    return out
+
+
+# -- forward untouched ------------------------------------------------------------------------
+@pytest.mark.parametrize("sql", [
+    "SELECT 1",
+    "SELECT id, total FROM orders WHERE id = 5",
+    "SELECT * FROM orders o JOIN pg_class c ON true LIMIT 1",
+    "BEGIN", "COMMIT", "SHOW search_path", "LISTEN ch", "NOTIFY ch, 'x'",
+    "INSERT INTO customers (id, name, ssn) VALUES (99, 'x', '1')",
+    "UPDATE customers SET vip = true WHERE id = 1",
+    "DELETE FROM customers WHERE id = 1 AND name = 'x'",
+    "UPDATE customers SET ssn = 'new' WHERE id = 1",
+    "COPY customers FROM STDIN",
+    "SELECT * FROM \"CUSTOMERS\"",  # a different (missing) table: never customers
+    "WITH customers AS (SELECT 1 AS ssn) SELECT ssn FROM customers",
+    "EXECUTE p(1)", "FETCH ALL FROM c", "DEALLOCATE ALL",
+    "SELECT pg_notify('ch', 'hello')",
+    "TRUNCATE orders", "LOCK TABLE customers IN SHARE MODE",
+    "CREATE TABLE t2 (LIKE customers)", "GRANT SELECT ON customers TO analyst",
+])
+def test_forwards_untouched(sql):
+    dec = d(sql)
+    assert dec.action == "forward", (dec.reason, dec.message)
+    assert dec.sql == sql
+
+
+def test_quoted_upper_case_is_another_table():
+    dec = d('SELECT * FROM "CUSTOMERS"')
+    assert dec.action == "forward" and dec.unknown_relations == ("CUSTOMERS",)
+    assert d("SELECT * FROM CUSTOMERS").action == "rewrite"  # unquoted folds to customers
+
+
+def test_exempt_user_is_never_rewritten():
+    dec = d("SELECT ssn FROM customers", user="postgres")
+    assert dec.action == "forward" and dec.sql == "SELECT ssn FROM customers"
+    assert dec.tables == ("public.customers",) and dec.kind == "select"
+
+
+# -- substitution ------------------------------------------------------------------------------
+def masked_reads(sql: str) -> list[str]:
+    return [r for r in relations_read(sql) if r.startswith("public.customers")]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT ssn FROM customers",
+    "SELECT c.ssn FROM customers c",
+    "SELECT s FROM customers AS c(i, n, e, s)",
+    'SELECT U&"s\\0073n" FROM customers',
+    'SELECT ssn FROM U&"customer\\0073"',
+    "SELECT SSN FROM CUSTOMERS",
+    'SELECT ssn FROM "public"."customers"',
+    "SELECT public.customers.ssn FROM public.customers",
+    "SELECT ssn FROM ONLY customers", "SELECT ssn FROM ONLY (customers) x", "SELECT ssn FROM customers *",
+    "TABLE customers", "TABLE ONLY customers",
+    "SELECT 1 UNION SELECT 2 INTERSECT TABLE customers",
+    "SELECT (SELECT ssn FROM customers LIMIT 1)",
+    "SELECT * FROM orders o, LATERAL (SELECT ssn FROM customers c WHERE c.id = o.customer_id) l",
+    "WITH RECURSIVE r AS (SELECT ssn FROM customers UNION SELECT ssn FROM r) SELECT * FROM r",
+    "WITH customers AS (SELECT * FROM customers) SELECT * FROM customers",
+    "SELECT * FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE ssn LIKE '9%')",
+    "INSERT INTO orders SELECT 1, id, 0, ssn FROM customers",
+    "UPDATE orders SET note = c.ssn FROM customers c WHERE c.id = orders.customer_id",
+    "DELETE FROM orders USING customers c WHERE c.id = orders.customer_id AND c.ssn = 'x'",
+    "MERGE INTO orders o USING customers c ON o.customer_id = c.id WHEN MATCHED THEN UPDATE SET note = c.ssn",
+    "COPY (SELECT * FROM customers) TO STDOUT",
+    "CREATE TABLE x AS SELECT * FROM customers", "SELECT * INTO TEMP x FROM customers",
+    "CREATE VIEW vx AS SELECT ssn FROM customers",
+    "EXPLAIN ANALYZE SELECT * FROM customers WHERE ssn = '1'",
+    "PREPARE p AS SELECT ssn FROM customers WHERE id = $1",
+    "DECLARE c CURSOR FOR SELECT * FROM customers",
+    "SELECT ssn FROM customers WHERE id = $1",
+    "EXECUTE p((SELECT ssn FROM customers LIMIT 1))",
+    "SELECT * FROM customers FOR UPDATE OF customers",
+    "SELECT pg_notify('ch', ssn) FROM customers",
+])
+def test_every_read_of_customers_is_masked(sql):
+    dec = d(sql)
+    assert dec.action == "rewrite", (dec.reason, dec.message)
+    reads = masked_reads(dec.sql)
+    assert reads and all(r.endswith("|pgveil_src") for r in reads), reads
+    assert ("public.customers", "ssn", "redact") in dec.masked
+
+
+def test_alias_is_kept_and_unaliased_gets_table_name():
+    assert ") c" in d("SELECT c.ssn FROM customers c").sql
+    assert ") AS customers" in d("SELECT customers.ssn FROM customers").sql
+    dec = d("SELECT public.customers.ssn, public.customers.* FROM public.customers")
+    assert dec.sql.startswith("SELECT customers.ssn, customers.* FROM (SELECT")
+
+
+def test_rewrite_keeps_rest_of_text_byte_for_byte():
+    sql = "SELECT 'é -- x', ssn /* customers */ FROM customers -- tail\n WHERE id = 1"
+    dec = d(sql)
+    head, _, tail = dec.sql.partition("(SELECT ")
+    assert head == "SELECT 'é -- x', ssn /* customers */ FROM "
+    assert dec.sql.endswith(") AS customers -- tail\n WHERE id = 1")
+
+
+def test_only_tables_with_masks_are_substituted():
+    dec = d("SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id")
+    assert "FROM orders o JOIN (SELECT" in dec.sql
+
+
+def test_views_matviews_partitions_and_parents():
+    for sql, table, col in [
+        ("SELECT * FROM v_customers", "public.v_customers", "ssn"),
+        ("SELECT * FROM mv_customer_emails", "public.mv_customer_emails", "email"),
+        ("SELECT * FROM payments_2025", "public.payments_2025", "card_number"),
+        ("SELECT * FROM payments", "public.payments", "card_number"),
+    ]:
+        dec = d(sql)
+        assert dec.action == "rewrite"
+        assert any(m[0] == table and m[1] == col for m in dec.masked), dec.masked
+    assert not any(m[1] in ("id", "name") for m in d("SELECT * FROM v_customers").masked)
+
+
+def test_strip_removes_the_column():
+    pol = policy_from_dict({"mask": [{"table": "public.customers", "column": "ssn", "mask": "strip"}]})
+    dec = d("SELECT * FROM customers", policy=pol)
+    assert "ssn" not in dec.sql.split("FROM public.customers")[0]
+
+
+def test_column_glob_rules():
+    pol = policy_from_dict({"mask": [{"table": "public.*", "column": "*number*"}]})
+    dec = d("SELECT * FROM payments_2026", policy=pol)
+    assert dec.masked == (("public.payments_2026", "card_number", "redact"),)
+
+
+# -- writes --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sql", [
+    "DELETE FROM customers WHERE ssn = '995-50-6727'",
+    "UPDATE customers SET vip = true WHERE card_number LIKE '4%'",
+    "UPDATE customers SET name = ssn WHERE id = 1",
+    "UPDATE customers c SET name = c::text",
+    "UPDATE customers SET name = (customers).email",
+    "DELETE FROM public.customers WHERE public.customers.ssn = 'x'",
+    "INSERT INTO customers AS c VALUES (1) ON CONFLICT (id) DO UPDATE SET name = c.ssn",
+    "MERGE INTO customers t USING orders s ON t.ssn = s.note WHEN MATCHED THEN DELETE",
+    "EXPLAIN ANALYZE DELETE FROM customers WHERE ssn = 'x'",
+    "DELETE FROM customers WHERE EXISTS (SELECT 1 FROM orders WHERE note = ssn)",
+])
+def test_write_predicates_on_masked_columns_are_denied(sql):
+    dec = d(sql)
+    assert dec.action == "deny" and dec.sqlstate == "42501", dec.sql
+    assert dec.reason == "denied_write_predicate" and dec.message.startswith("pgveil:")
+
+
+def test_returning_is_masked_by_wrapping():
+    dec = d("UPDATE customers SET vip = vip WHERE id = 1 RETURNING id, ssn")
+    assert dec.action == "rewrite"
+    assert dec.sql.startswith("WITH pgveil_ret AS (UPDATE customers SET vip = vip WHERE id = 1 RETURNING customers.*) SELECT id, ssn FROM (SELECT")
+    assert d("UPDATE customers SET vip = vip WHERE id = 1 RETURNING id").action == "forward"
+    assert d("DELETE FROM customers c WHERE id = 1 RETURNING c.*").action == "rewrite"
+
+
+@pytest.mark.parametrize("sql", [
+    "WITH u AS (UPDATE customers SET vip = vip RETURNING ssn) SELECT * FROM u",
+    "COPY (DELETE FROM customers RETURNING *) TO STDOUT",
+    "UPDATE customers SET vip = vip RETURNING WITH (OLD AS o) o.ssn",
+])
+def test_nested_returning_of_masked_columns_is_denied(sql):
+    assert d(sql).reason == "denied_returning"
+
+
+# -- gate ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sql,reason", [
+    ("DO $$BEGIN END$$", "denied_statement"),
+    ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'", "denied_statement"),
+    ("CREATE EXTENSION dblink", "denied_statement"),
+    ("CREATE RULE r AS ON SELECT TO orders DO INSTEAD NOTHING", "denied_statement"),
+    ("SELECT customer_ssn(1)", "denied_function"),
+    ("SELECT public.customer_ssn(1)", "denied_function"),
+    ("SELECT * FROM ROWS FROM (customer_ssn(1))", "denied_function"),
+    ("SELECT hstore(c) FROM customers c", "denied_function"),
+    ("SELECT query_to_xml('select ssn from customers', true, false, '')", "denied_function"),
+    ("SELECT pg_catalog.query_to_xml('x', true, false, '')", "denied_function"),
+    ('SELECT "query_to_xml"(\'x\', true, false, \'\')', "denied_function"),
+    ("SELECT lo_export(1, '/tmp/x')", "denied_function"),
+    ("SELECT pg_read_file('/etc/passwd')", "denied_function"),
+    ("SELECT * FROM dblink('x', 'y') AS t(a text)", "denied_function"),
+    ("CREATE TABLE t (x xml DEFAULT query_to_xml('select 1', true, false, ''))", "denied_function"),
+    ("SELECT * FROM pg_stats", "denied_relation"),
+    ("SELECT * FROM pg_catalog.pg_statistic", "denied_relation"),
+    ("SET standard_conforming_strings = off", "denied_setting"),
+    ("SET SESSION standard_conforming_strings TO 'off'", "denied_setting"),
+    ("SET client_encoding = 'SJIS'", "denied_setting"),
+    ("ALTER ROLE analyst SET standard_conforming_strings = off", "denied_setting"),
+    ("SELECT set_config('standard_conforming_strings', 'off', false)", "denied_setting"),
+    ("SELECT set_config(current_user, 'off', false)", "denied_setting"),
+    ("COPY customers TO '/tmp/x'", "denied_copy_file"),
+    ("COPY orders FROM PROGRAM 'cat /etc/passwd'", "denied_copy_file"),
+    ("SELECT * FROM customers TABLESAMPLE SYSTEM (50)", "unsupported_reference"),
+    ("CREATE TABLE probe (x text REFERENCES customers (ssn))", "denied_foreign_key"),
+    ("SELEC 1", "unparsable"),
+    ("SELECT 1; SELECT customer_ssn(1)", "denied_function"),
+    ("SELECT * FROM other.customers", "denied_unknown_relation"),
+])
+def test_denied(sql, reason):
+    dec = d(sql)
+    assert dec.action == "deny", dec.sql
+    assert dec.reason == reason, (dec.reason, dec.message)
+    assert dec.sqlstate in ("42501", "0A000") and dec.message.startswith("pgveil:") and dec.hint
+
+
+def test_trusted_function_is_allowed():
+    pol = policy_from_dict({**SAMPLE_POLICY_DICT, "trusted_functions": ["public.hstore"]})
+    assert d("SELECT hstore(c) FROM customers c", policy=pol).action == "rewrite"
+
+
+def test_lexer_settings_of_the_session_deny_everything():
+    dec = d("SELECT 1", settings={"standard_conforming_strings": "off"})
+    assert dec.reason == "denied_session"
+    assert d("SELECT 1", settings={"standard_conforming_strings": "on", "client_encoding": "UTF8"}).action == "forward"
+
+
+def test_search_path_is_reported_as_session_effect():
+    dec = d('SET search_path TO "$user", public, "My Schema"')
+    assert dec.action == "forward" and dec.session_effects["search_path"] == ("$user", "public", "My Schema")
+    assert d("RESET search_path").session_effects == {"search_path": None}
+
+
+def test_search_path_resolution():
+    # not on the path: public.customers is not what "customers" means
+    dec = d("SELECT ssn FROM customers", search_path=("other",))
+    assert dec.reason == "denied_ambiguous"
+    # pg_catalog first unless listed
+    assert d("SELECT * FROM pg_stats", search_path=("public", "pg_catalog")).reason == "denied_relation"
+
+
+def test_unknown_relation_modes():
+    strict = policy_from_dict({**SAMPLE_POLICY_DICT, "unknown_relations": "deny"})
+    assert d("SELECT * FROM t_new", policy=strict).reason == "denied_unknown_relation"
+    dec = d("SELECT * FROM t_new")
+    assert dec.action == "forward" and dec.refresh_catalog
+
+
+def test_long_names_truncate_like_postgres():
+    long = "customers" + "x" * 60
+    assert d(f"SELECT * FROM {long}").action == "forward"  # different table once truncated
+    from policy.catalog import Catalog
+    from tests.policy.sample import SAMPLE_DATA
+    data = json.loads(json.dumps(SAMPLE_DATA))
+    name63 = ("c" * 70)[:63]
+    data["relations"].append([99999, "public", name63, "r", None])
+    data["columns"].append([99999, 1, "ssn", 'pg_catalog."text"', "S"])
+    cat = Catalog.from_dict(data)
+    pol = policy_from_dict({"mask": [{"table": "public.c*", "column": "ssn"}]})
+    assert d(f"SELECT ssn FROM {'c' * 70}", catalog=cat, policy=pol).action == "rewrite"
+
+
+# -- grants --------------------------------------------------------------------------------------
+def test_grants_lift_masks_until_they_expire():
+    g = GrantSet([Grant(id="g1", user="analyst", table="public.customers", columns=("ssn",), expires_at=100.0)])
+    dec = d("SELECT ssn FROM customers", grants=g, now=50.0)
+    assert dec.grants_used == ("g1",)
+    assert ("public.customers", "ssn", "redact") not in dec.masked
+    assert ("public.customers", "email", "email") in dec.masked
+    assert d("SELECT ssn FROM customers", grants=g, now=150.0).grants_used == ()
+    other = GrantSet([Grant(id="g2", user="bob", table="public.customers", columns=("*",), expires_at=100.0)])
+    assert d("SELECT ssn FROM customers", grants=other, now=50.0).grants_used == ()
+
+
+def test_full_grant_forwards_and_grant_on_parent_covers_partitions():
+    g = GrantSet([Grant(id="g", user="analyst", table="public.customers", columns=("*",), expires_at=1e12)])
+    dec = d("SELECT * FROM customers", grants=g)
+    assert dec.action == "forward" and dec.grants_used == ("g",)
+    p = GrantSet([Grant(id="p", user="analyst", table="public.payments", columns=("card_number",), expires_at=1e12)])
+    assert d("SELECT * FROM payments_2025", grants=p).action == "forward"
+    v = d("SELECT * FROM v_customers", grants=g)
+    assert v.action == "forward" and v.grants_used == ("g",)
+
+
+def test_max_uses():
+    g = GrantSet([Grant(id="g", user="analyst", table="public.customers", columns=("*",), expires_at=1e12, max_uses=1, uses=1)])
+    assert d("SELECT * FROM customers", grants=g).action == "rewrite"
+
+
+def test_prepare_with_grant_is_denied():
+    g = GrantSet([Grant(id="g", user="analyst", table="public.customers", columns=("ssn",), expires_at=1e12)])
+    assert d("PREPARE p AS SELECT ssn FROM customers", grants=g).reason == "denied_persistent_grant"
+    assert d("CREATE VIEW v AS SELECT ssn FROM customers", grants=g).reason == "denied_persistent_grant"
+
+
+# -- decision metadata ------------------------------------------------------------------------------
+def test_fingerprint_and_normalized_are_literal_free():
+    a = d("SELECT id FROM customers WHERE ssn = '995-50-6727' -- 995-50-6727")
+    b = d("select id from customers where ssn = 'x'")
+    assert a.fingerprint == b.fingerprint
+    assert "995" not in a.normalized and a.normalized == "select id from customers where ssn = ?"
+    assert d("SET search_path = a").fingerprint != d("SET search_path = b").fingerprint
+    assert not d("SELECT set_config('application_name', 'x', false)").cache_by_fingerprint
+
+
+def test_multi_statement_kinds_and_deny_all():
+    dec = d("SELECT 1; UPDATE orders SET note = 'x' WHERE id = 1")
+    assert dec.kinds == ("select", "update") and dec.kind == "multi"
+    assert d("SELECT 1; DO $$BEGIN END$$").action == "deny"
+
+
+def test_kinds():
+    assert d("COPY customers TO STDOUT").kind == "copy"
+    assert d("SELECT 1 INTO TEMP x").kind == "select_into"
+    assert d("CREATE TABLE z (a int)").kind == "ddl" and d("CREATE TABLE z (a int)").refresh_catalog
+    assert d("EXPLAIN SELECT 1").kind == "explain"
+    assert d("PREPARE p AS SELECT 1").prepared == "p"
