@@ -31,6 +31,18 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings, workers=args.workers)
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from .explain import explain
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"pgveil explain: {exc}", file=sys.stderr)
+        return 2
+    return explain(settings, args.user, args.dbname, args.sql, search_path=args.search_path,
+                   as_json=args.json)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import demo
 
@@ -51,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config file")
     c.add_argument("-c", "--config", required=True)
     c.set_defaults(func=_check)
+
+    e = sub.add_parser("explain", help="print the decision and rewritten SQL for a statement")
+    e.add_argument("-c", "--config", required=True)
+    e.add_argument("--user", required=True, help="the database user the statement runs as")
+    e.add_argument("--dbname", default="postgres", help="database whose catalog to use")
+    e.add_argument("--search-path", default='"$user", public')
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.add_argument("sql")
+    e.set_defaults(func=_explain)
 
     d = sub.add_parser("demo", help="embedded PostgreSQL + sample data + the proxy, until Ctrl-C")
     d.add_argument("--port", type=int, default=6432)

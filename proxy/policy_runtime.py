@@ -28,6 +28,7 @@ from policy.catalog import CATALOG_QUERY, Catalog
 from policy.decision import Decision, decide
 from policy.fingerprint import fingerprint
 from policy.grants import EMPTY_GRANTS, GrantSet
+from policy.masks import INSTALL_SQL
 from policy.rules import Policy, policy_from_dict
 
 from .config import Settings
@@ -123,6 +124,9 @@ class PolicyRuntime:
         try:
             async with await psycopg.AsyncConnection.connect(autocommit=True, **kw) as conn:
                 await conn.execute("SET statement_timeout = '30s'")
+                if self.policy is not None and any(r.mask == "hash" for r in self.policy.rules):
+                    # the keyed-hash functions; the key is made in the database, never here
+                    await conn.execute(INSTALL_SQL)
                 cur = await conn.execute(CATALOG_QUERY)
                 rows = await cur.fetchall()
             catalog = Catalog.from_rows(rows)
