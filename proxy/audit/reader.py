@@ -186,49 +186,92 @@ def search(path: str | Path, flt: Filter) -> Iterator[tuple[dict[str, Any], byte
 
 def follow(path: str | Path, out: TextIO, *, as_json: bool, color: bool,
            poll: float = 0.25, stop_after: float | None = None) -> None:
-    """Print records appended to ``path`` from now on, across rotations (``tail -f``)."""
+    """Print records appended to ``path`` from now on, across rotations (``tail -f``).
+
+    The current file is read as it grows. When it is rotated away (its inode changes), the
+    records written since the last one printed are found by ``seq`` in the rotated files —
+    however many rotations happened between two polls — and following goes on in the new
+    current file.
+    """
     path = Path(path)
     started = time.monotonic()
-    f = None
-    inode = None
+    last_seq: int | None = None
+
+    def emit(line: bytes) -> None:
+        nonlocal last_seq
+        rec = records.parse(line)
+        seq = rec.get("seq") if rec else None
+        if isinstance(seq, int):
+            if last_seq is not None and seq <= last_seq:
+                return
+            last_seq = seq
+        out.write((line.decode(errors="replace") if as_json
+                   else format_record(rec, line, color=color)) + "\n")
+
+    def catch_up() -> tuple[Any, int | None]:
+        """Print what was written since ``last_seq``; return the current file, at its end."""
+        chain = files.chain_files(path)
+        start = 0
+        if last_seq is not None:
+            for i, f in enumerate(chain[:-1]):
+                if 0 <= files.first_seq(f) <= last_seq + 1:
+                    start = i
+        for f in chain[start:-1]:
+            for _, _, line, _ in _lines(f):
+                emit(line)
+        try:
+            cur = open(path, "rb")
+        except FileNotFoundError:
+            return None, None
+        buf = cur.read()
+        for line in buf.split(b"\n")[:-1]:
+            emit(line)
+        cur.seek(len(buf) - len(buf.split(b"\n")[-1]))
+        out.flush()
+        return cur, os.fstat(cur.fileno()).st_ino
+
+    # start at the end, like tail -f
+    f, inode = None, None
+    try:
+        f = open(path, "rb")
+        inode = os.fstat(f.fileno()).st_ino
+        tail = last_records(path, 1)
+        if tail:
+            rec = records.parse(tail[-1])
+            last_seq = rec.get("seq") if rec else None
+        f.seek(0, os.SEEK_END)
+    except FileNotFoundError:
+        f = None
     buf = b""
     while stop_after is None or time.monotonic() - started < stop_after:
-        if f is None:
-            try:
-                f = open(path, "rb")
-                inode = os.fstat(f.fileno()).st_ino
-                f.seek(0, os.SEEK_END)
-            except FileNotFoundError:
-                time.sleep(poll)
+        if f is not None:
+            chunk = f.read()
+            if chunk:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    emit(line)
+                out.flush()
                 continue
-        chunk = f.read()
-        if chunk:
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                rec = records.parse(line)
-                out.write((line.decode(errors="replace") if as_json
-                           else format_record(rec, line, color=color)) + "\n")
-            out.flush()
-            continue
         try:
-            if os.stat(path).st_ino != inode:  # rotated: finish the old file, then switch
-                rest = f.read()
-                if rest:
-                    buf += rest
-                    continue
-                f.close()
-                f = None
-                buf = b""
-                # the new file starts empty: read it from its beginning
-                try:
-                    f = open(path, "rb")
-                    inode = os.fstat(f.fileno()).st_ino
-                except FileNotFoundError:
-                    f = None
-                continue
+            rotated = f is None or os.stat(path).st_ino != inode
         except FileNotFoundError:
-            pass
+            rotated = False
+        if rotated:
+            if f is not None:
+                f.close()
+            buf = b""
+            f, inode = catch_up()
+            continue
         time.sleep(poll)
     if f is not None:
         f.close()
+
+
+def _lines(file: Path) -> Iterator[tuple[Path, int, bytes, None]]:
+    try:
+        with open(file, "rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                yield file, n, raw.rstrip(b"\n"), None
+    except FileNotFoundError:
+        return

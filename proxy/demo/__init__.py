@@ -46,6 +46,36 @@ sslmode = "disable"
 
 [admin]
 listen = "127.0.0.1:{admin_port}"
+
+[policy]
+exempt_users = ["postgres"]
+trusted_functions = []
+
+[[policy.mask]]
+table = "public.customers"
+column = "ssn"
+mask = "redact"
+
+[[policy.mask]]
+table = "public.customers"
+column = "email"
+mask = "email"
+
+[[policy.mask]]
+table = "public.customers"
+column = "card_number"
+mask = "partial"
+keep_last = 4
+
+[[policy.mask]]
+table = "public.customers"
+column = "birth_date"
+mask = "year"
+
+[[policy.mask]]
+table = "public.*"
+column = "*password*"
+mask = "strip"
 """
         )
         settings = parse_settings(config.read_text(), str(config))
@@ -55,6 +85,9 @@ listen = "127.0.0.1:{admin_port}"
             say("ready. Connect with:")
             print(f"\n    psql \"host=127.0.0.1 port={port} dbname=demo user=analyst "
                   f"password=analyst sslmode=require\"\n", flush=True)
+            print("    then try:  SELECT * FROM customers LIMIT 3;   (masked for analyst)\n"
+                  f"    and as the exempt superuser: psql \"host=127.0.0.1 port={port} "
+                  "dbname=demo user=postgres sslmode=require\"\n", flush=True)
             print("    (the TLS certificate is self-signed; use sslmode=disable with a psql "
                   "built without SSL)\n\nPress Ctrl-C to stop.", flush=True)
 
