@@ -59,6 +59,7 @@ class Decision:
     unknown_relations: tuple[str, ...] = ()
     prepared: str | None = None  # name in PREPARE / EXECUTE
     cache_by_fingerprint: bool = True
+    literal_dependent: bool = False  # a literal's value decided something (never template)
 
     @property
     def denied(self) -> bool:
@@ -119,6 +120,7 @@ def decide(
         unknown_relations=tuple(an.unknown),
         prepared=an.prepared,
         cache_by_fingerprint=not an.literal_dependent and not an.edits,
+        literal_dependent=bool(an.literal_dependent),
     )
     if not masked_user:
         return Decision(action="forward", **base)

@@ -18,6 +18,7 @@ per process holds:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -30,6 +31,7 @@ from policy.fingerprint import fingerprint
 from policy.grants import EMPTY_GRANTS, GrantSet
 from policy.masks import INSTALL_SQL
 from policy.rules import Policy, policy_from_dict
+from policy.template import literals, make_probe, make_template
 
 from .config import Settings
 
@@ -172,19 +174,53 @@ class PolicyRuntime:
         d = self.cache.get(key)
         if d is not None:
             return d
-        fkey = None
-        try:
-            fkey = ("fp", fingerprint(sql), context)
-        except Exception:  # noqa: BLE001 - unfingerprintable text is decided uncached
-            fkey = None
-        if fkey is not None:
-            d = self.cache.get(fkey)
-            if d is not None and d.action == "forward":
-                return d
-        self.decisions += 1
-        d = decide(sql, user=user, search_path=search_path, catalog=catalog, policy=self.policy,
-                   grants=self.grants, now=time.time(), settings=settings)
+        lits = literals(sql)
+        tkey = None
+        if lits is not None and lits.spans:
+            try:
+                tkey = ("fp", fingerprint(sql), context)
+            except Exception:  # noqa: BLE001 - unfingerprintable text is decided uncached
+                tkey = None
+        if tkey is not None:
+            hit = self.cache.get(tkey)
+            if hit is not None:
+                d = _from_template(hit, sql, lits)
+                if d is not None:
+                    return d
+        d = self._decide(sql, user, search_path, catalog, settings)
+        if d.grants_used:
+            return d  # a grant can end at any moment: decided per statement, never cached
         self.cache.put(key, d)
-        if fkey is not None and d.cache_by_fingerprint and d.action == "forward":
-            self.cache.put(fkey, d)
+        if tkey is not None and not d.literal_dependent:
+            if d.action == "forward" and d.cache_by_fingerprint:
+                self.cache.put(tkey, d)
+            elif d.action == "rewrite":
+                self._learn_template(tkey, sql, lits, user, search_path, catalog, settings)
         return d
+
+    def _decide(self, sql, user, search_path, catalog, settings) -> Decision:
+        self.decisions += 1
+        return decide(sql, user=user, search_path=search_path, catalog=catalog,
+                      policy=self.policy, grants=self.grants, now=time.time(), settings=settings)
+
+    def _learn_template(self, tkey, sql, lits, user, search_path, catalog, settings) -> None:
+        """Decide a placeholder probe of ``sql``; cache its rewrite as a template."""
+        probe = make_probe(sql, lits)
+        if probe is None:
+            return
+        pd = self._decide(probe.sql, user, search_path, catalog, settings)
+        if pd.action != "rewrite" or pd.literal_dependent or pd.grants_used:
+            return
+        tpl = make_template(pd.sql, probe)
+        if tpl is not None:
+            self.cache.put(tkey, (pd, tpl))
+
+
+def _from_template(hit, sql: str, lits) -> Decision | None:
+    if isinstance(hit, Decision):
+        return hit  # a literal-free forward decision: the client's own text is sent
+    pd, tpl = hit
+    text = tpl.fill(sql, lits)
+    if text is None:
+        return None
+    return dataclasses.replace(pd, sql=text)
