@@ -27,7 +27,7 @@ from typing import Any
 
 from pglast import parser as pg_parser
 
-from . import gate
+from . import actions, gate
 from .analyze import Analyzer
 from .catalog import Catalog
 from .errors import render
@@ -60,6 +60,7 @@ class Decision:
     prepared: str | None = None  # name in PREPARE / EXECUTE
     cache_by_fingerprint: bool = True
     literal_dependent: bool = False  # a literal's value decided something (never template)
+    approval: str | None = None  # with action "approval": the grant scope that would allow it
 
     @property
     def denied(self) -> bool:
@@ -70,6 +71,29 @@ def _deny(base: dict[str, Any], code: str, **names: str) -> Decision:
     sqlstate, message, hint = render(code, **names)
     base = {**base, "cache_by_fingerprint": False}
     return Decision(action="deny", sqlstate=sqlstate, message=message, hint=hint, reason=code, **base)
+
+
+def _action_rules(stmts, base, user, search_path, catalog, policy, grants, now) -> Decision | None:
+    """Apply [[policy.action]]: deny, hold for approval, or note the approval that allows it."""
+    def resolve(schema: str | None, name: str) -> str:
+        rel, _ = catalog.resolve(schema, name, search_path, user)
+        if rel is not None:
+            return rel.qualified
+        return f"{schema}.{name}" if schema else f"?.{name}"
+
+    rule = actions.match(policy.actions, (actions.describe(s["stmt"], resolve) for s in stmts))
+    if rule is None:
+        return None
+    if rule.require == "deny":
+        return _deny(base, "denied_action", name=rule.name)
+    key = actions.action_key(rule, base["fingerprint"])
+    g = grants.allows_action(user, key, now)
+    if g is not None:
+        base["grants_used"] = tuple(base.get("grants_used", ())) + (g.id,)
+        return None
+    sqlstate, message, hint = render("approval_required", name=rule.name)
+    return Decision(action="approval", approval=key, reason=rule.name, sqlstate=sqlstate,
+                    message=message, hint=hint, **{**base, "cache_by_fingerprint": False})
 
 
 def _parse(sql: str) -> list[dict]:
@@ -127,6 +151,10 @@ def decide(
     if an.findings:
         f = an.findings[0]
         return _deny(base, f.code, **f.names)
+    if policy.actions:
+        held = _action_rules(stmts, base, user, search_path, catalog, policy, grants, now)
+        if held is not None:
+            return held
     if not an.edits:
         return Decision(action="forward", **base)
     try:

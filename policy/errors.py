@@ -118,6 +118,36 @@ ERRORS: Mapping[str, ErrorSpec] = _table(
         "pgveil: result column {column} of {table} would be sent unmasked; rows withheld",
         "This is a pgveil bug or a stale catalog; the statement was stopped. Please report it.",
     ),
+    ErrorSpec(
+        "denied_action", "42501",
+        "pgveil: this statement is refused by action rule {name}",
+        "The policy does not allow this kind of statement through pgveil. Ask an "
+        "administrator if it must run.",
+    ),
+    ErrorSpec(
+        "approval_required", "42501",
+        "pgveil: this statement needs approval under action rule {name}",
+        "pgveil has opened an approval request for it; run it again once it is approved.",
+    ),
+    ErrorSpec(
+        "approval_pending", "42501",
+        "pgveil: this statement needs approval under action rule {name}: request {request} "
+        "is {state}",
+        "An approver can approve it on the approver page, with `pgveil approve {request}`, or "
+        "with APPROVE '{request}'; in the pgveil console. Then run the statement again.",
+    ),
+    ErrorSpec(
+        "catalog_unavailable", "0A000",
+        "pgveil: cannot check this statement: the schema catalog of database {database} is "
+        "not available ({detail})",
+        "pgveil loads the catalog as [upstream] catalog_user; check that it can connect, "
+        "then retry.",
+    ),
+    ErrorSpec(
+        "audit_unavailable", "58030",
+        "pgveil: the audit log cannot be written, so statements are refused",
+        "An operator must fix the audit sink ([audit] path); the proxy fails closed.",
+    ),
     # --- cannot be analysed (0A000 feature_not_supported) -------------------------------------
     ErrorSpec(
         "unparsable", "0A000",

@@ -35,7 +35,7 @@ DEFAULT_DENIED_RELATIONS: tuple[str, ...] = (
 UNKNOWN_RELATION_MODES: tuple[str, ...] = ("forward_temp", "deny", "forward")
 
 # Keys of [policy] owned by other parts of pgveil (action rules); accepted and kept as is.
-PASSTHROUGH_KEYS: frozenset[str] = frozenset({"action", "actions", "approval", "auto_approve"})
+PASSTHROUGH_KEYS: frozenset[str] = frozenset({"approval", "auto_approve"})
 
 
 class PolicyError(ValueError):
@@ -72,6 +72,7 @@ class Policy:
     trusted_functions: frozenset[str] = frozenset()
     denied_relations: frozenset[str] = frozenset(DEFAULT_DENIED_RELATIONS)
     unknown_relations: str = "forward_temp"
+    actions: tuple = ()  # policy.actions.ActionRule, from [[policy.action]]
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     def __hash__(self) -> int:  # identity: policies are compared by object in caches
@@ -138,10 +139,13 @@ def _rule_from_dict(raw: Any, key: str) -> MaskRule:
 
 
 def policy_from_dict(raw: Mapping[str, Any]) -> Policy:
+    from .actions import actions_from_config
+
     """Validate the ``[policy]`` table of the configuration and build a :class:`Policy`."""
     if not isinstance(raw, Mapping):
         raise PolicyError("policy", "must be a table")
-    known = {"exempt_users", "trusted_functions", "mask", "denied_relations", "unknown_relations"}
+    known = {"exempt_users", "trusted_functions", "mask", "denied_relations", "unknown_relations",
+             "action"}
     extra: dict[str, Any] = {}
     for k in raw:
         if k in PASSTHROUGH_KEYS:
@@ -170,5 +174,6 @@ def policy_from_dict(raw: Mapping[str, Any]) -> Policy:
         ),
         denied_relations=frozenset(denied_t),
         unknown_relations=unknown,
+        actions=actions_from_config(raw.get("action")),
         extra=extra,
     )

@@ -44,12 +44,12 @@ def test_rule_matching_and_order():
     pol = policy_from_dict({"mask": [
         {"table": "public.customers", "column": "ssn", "mask": "null"},
         {"table": "*", "column": "*ssn*"},
-    ], "exempt_users": ["postgres"], "action": [{"name": "x"}]})
+    ], "exempt_users": ["postgres"], "action": [{"name": "x", "statements": ["delete"]}]})
     assert pol.rule_for("public", "customers", "ssn").mask == "null"
     assert pol.rule_for("hr", "people", "old_ssn").mask == "redact"
     assert pol.rule_for("public", "customers", "SSN") is None  # names are case-sensitive
     assert pol.is_exempt("postgres") and not pol.is_exempt("Postgres")
-    assert pol.extra == {"action": [{"name": "x"}]}
+    assert [a.name for a in pol.actions] == ["x"]
 
 
 # -- names -----------------------------------------------------------------------------------
