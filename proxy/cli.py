@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("sql")
     e.set_defaults(func=_explain)
 
+    from .audit.cli import register as register_audit
+    from .discover.cli import register as register_discover
+
+    register_audit(sub)
+    register_discover(sub)
+
     d = sub.add_parser("demo", help="embedded PostgreSQL + sample data + the proxy, until Ctrl-C")
     d.add_argument("--port", type=int, default=6432)
     d.add_argument("--admin-port", type=int, default=8433)

@@ -134,7 +134,7 @@ def _run(func: Any) -> Any:
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``audit verify|tail|search`` to pgveil's subcommands; returns the parser."""
-    audit = subparsers.add_parser("audit", help="verify and read the audit log")
+    audit: argparse.ArgumentParser = subparsers.add_parser("audit", help="verify and read the audit log")
     sub = audit.add_subparsers(dest="command_audit", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from pglast import parser as _pg
 
@@ -33,7 +34,7 @@ def _text_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _rebuild(sql: str, tokens: list) -> str:
+def _rebuild(sql: str, tokens: list[Any]) -> str:
     parts: list[str] = []
     prev, prev_name = "", ""
     for tok in tokens:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator, TextIO
+from typing import Callable, Any, Iterator, TextIO
 
 from . import files, records
 
@@ -185,7 +185,9 @@ def search(path: str | Path, flt: Filter) -> Iterator[tuple[dict[str, Any], byte
 
 
 def follow(path: str | Path, out: TextIO, *, as_json: bool, color: bool,
-           poll: float = 0.25, stop_after: float | None = None) -> None:
+           poll: float = 0.25, stop_after: float | None = None,
+           stop: Callable[[], bool] | None = None,
+           ready: Callable[[], None] | None = None) -> None:
     """Print records appended to ``path`` from now on, across rotations (``tail -f``).
 
     The current file is read as it grows. When it is rotated away (its inode changes), the
@@ -242,8 +244,12 @@ def follow(path: str | Path, out: TextIO, *, as_json: bool, color: bool,
         f.seek(0, os.SEEK_END)
     except FileNotFoundError:
         f = None
+    if ready is not None:
+        ready()  # positioned: everything written from now on will be printed
     buf = b""
     while stop_after is None or time.monotonic() - started < stop_after:
+        if stop is not None and stop():
+            break
         if f is not None:
             chunk = f.read()
             if chunk:

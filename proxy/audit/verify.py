@@ -158,7 +158,7 @@ class ChainChecker:
         return getattr(self, "_last_type", None) == ("event", "stop")
 
 
-class _Default(dict):  # format_map that tolerates missing keys
+class _Default(dict[str, Any]):  # format_map that tolerates missing keys
     def __missing__(self, key: str) -> str:
         return "?"
 

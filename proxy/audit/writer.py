@@ -77,6 +77,7 @@ class AuditLog:
         self._task: asyncio.Task[None] | None = None
         self._opened = False
         self._closing = False
+        self._sink_closed = False
         self._error: str | None = None
         self._unreported_drops = 0
         self.written = 0
@@ -89,6 +90,7 @@ class AuditLog:
         """False while the sink is not open, failing, stalled, or the queue is full."""
         return (
             self._opened
+            and not self._closing
             and self._error is None
             and len(self._queue) < self.settings.max_pending
             and self.lag_seconds < STALL_SECONDS
@@ -96,7 +98,18 @@ class AuditLog:
 
     @property
     def last_error(self) -> str | None:
-        return self._error if self._opened else (self._error or "audit log not started")
+        """Why the log is unhealthy (None when it is healthy)."""
+        if self._error is not None:
+            return self._error
+        if not self._opened:
+            return "audit log not started"
+        if self._closing:
+            return "audit log closed"
+        if len(self._queue) >= self.settings.max_pending:
+            return f"audit queue full ({len(self._queue)} records not yet written)"
+        if self.lag_seconds >= STALL_SECONDS:
+            return f"audit sink stalled: nothing written for {self.lag_seconds:.0f} s"
+        return None
 
     @property
     def lag_seconds(self) -> float:
@@ -132,6 +145,7 @@ class AuditLog:
         except Exception as exc:
             self._error = f"cannot open {self._sink.describe()}: {_reason(exc)}"
             if strict:
+                self._sink_closed = True
                 await self._sink.close()
                 raise AuditUnavailable(self._error) from exc
             log.error("audit: %s", self._error)
@@ -154,16 +168,18 @@ class AuditLog:
             await asyncio.wait_for(self._wait(self._next_seq - 1, fail=True), timeout)
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Log ``stop``, flush (up to ``timeout``), stop the writer and close the sink."""
+        """Log ``stop``, flush (up to ``timeout``), stop the writer and close the sink.
+
+        Close the sessions first: from here on new records are refused (or dropped)."""
         if self._closing:
             return
-        if self._opened and self.healthy:
+        if self.healthy:
             self._append("event", {"event": "stop"})
+        self._closing = True
         try:
             await self.flush(timeout)
         except (AuditUnavailable, asyncio.TimeoutError) as exc:
             log.error("audit: closing with %d records not written: %s", len(self._queue), exc)
-        self._closing = True
         self._wake.set()
         if self._task is not None:
             self._task.cancel()
@@ -172,18 +188,21 @@ class AuditLog:
             except asyncio.CancelledError:
                 pass
         self._fail_waiters(AuditUnavailable("audit log closed"))
-        await self._sink.close()
+        if not self._sink_closed:
+            self._sink_closed = True
+            await self._sink.close()
 
     # -- the API of the query path --------------------------------------------------------
     def intent(self, fields: Mapping[str, Any] | StatementIntent) -> int:
         """Record a statement about to run; returns its ``rid`` (its seq), 0 if dropped."""
         if not self.healthy and self._fail_closed:
-            raise AuditUnavailable(self.last_error or "audit queue full")
+            raise AuditUnavailable(self.last_error or "")
         data = fields.to_fields() if isinstance(fields, StatementIntent) else fields
         return self._enqueue("intent", data)
 
     def complete(self, rid: int, fields: Mapping[str, Any] | StatementResult) -> int:
-        """Record a statement's outcome, linked to its intent by ``rid``. Never raises."""
+        """Record a statement's outcome, linked to its intent by ``rid``. Never raises for
+        sink trouble (the statement has run: its outcome is queued, or counted as dropped)."""
         if rid <= 0:
             return 0
         data = fields.to_fields() if isinstance(fields, StatementResult) else dict(fields)
@@ -194,7 +213,7 @@ class AuditLog:
         """Record an event (request, approval, grant use…). ``must``: raise like ``intent``
         instead of dropping when the log cannot take it."""
         if must and not self.healthy and self._fail_closed:
-            raise AuditUnavailable(self.last_error or "audit queue full")
+            raise AuditUnavailable(self.last_error or "")
         return self._enqueue("event", {"event": kind, **(fields or {}), **more})
 
     async def durable(self, rid: int, timeout: float | None = None) -> bool:
@@ -203,7 +222,7 @@ class AuditLog:
         mode :class:`AuditUnavailable` instead."""
         if rid <= self._durable_seq:
             return True
-        if self._error is not None or not self._opened:
+        if self._error is not None or not self._opened or self._closing:
             if self._fail_closed:
                 raise AuditUnavailable(self.last_error or "")
             return False
@@ -211,7 +230,7 @@ class AuditLog:
 
     # -- internals ------------------------------------------------------------------------
     def _enqueue(self, type_: str, fields: Mapping[str, Any]) -> int:
-        if not self._opened or len(self._queue) >= self.settings.max_pending:
+        if not self._opened or self._closing or len(self._queue) >= self.settings.max_pending:
             self.dropped += 1
             self._unreported_drops += 1
             return 0
@@ -272,7 +291,8 @@ class AuditLog:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch, nbytes = [], 0
+            batch: list[bytes] = []
+            nbytes = 0
             for seq, line, _ in self._queue:
                 if len(batch) >= MAX_BATCH_RECORDS or (batch and nbytes + len(line) > MAX_BATCH_BYTES):
                     break

@@ -11,6 +11,7 @@ The lead wires it in with one line in ``proxy/cli.py``: ``discover_cli.register(
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from .report import Report, render
     from .scan import scan
 
-    err = Console(stderr=True)
+    err = _console(stderr=True)
     to_stdout = args.out == "-"
-    out = err if to_stdout else Console()
+    out = err if to_stdout else _console(stderr=False)
     if args.sample_rows < 1:
         err.print("pgveil discover: --sample-rows must be at least 1", markup=False)
         return 2
@@ -102,6 +103,14 @@ def run(args: argparse.Namespace) -> int:
         Path(args.report).write_text(render(Report(result, policy, inventory), args.report))
         err.print(f"wrote {args.report}", markup=False, highlight=False)
     return 0
+
+
+def _console(stderr: bool) -> Console:
+    """A console; when it is not a terminal (a log, a pipe) use a wide fixed width."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=160)
+    return console
 
 
 def _print_inventory(console: Console, inv: Any) -> None:

@@ -74,6 +74,7 @@ def summary_table(findings: Sequence[ColumnFinding], title: str = "Sensitive col
         table.add_column(name, **kw)  # type: ignore[arg-type]
     for f in sorted(findings, key=lambda f: (f.table, f.column)):
         style = "bold red" if f.confidence >= 0.9 else "yellow" if f.confidence < 0.7 else ""
-        table.add_row(f.table, f.column, f.type_name, f.label, f"{f.share:.0%}",
+        kind = f"free_text ({', '.join(f.contains)})" if f.contains else f.detector
+        table.add_row(f.table, f.column, f.type_name, kind, f"{f.share:.0%}",
                       f"{f.confidence:.2f}", f.example or "", mask_text(f), style=style)
     return table

@@ -7,17 +7,28 @@ Answers three questions for the audit period:
   ever read masked (candidates for a stricter mask or for dropping);
 * which **grants were never used**.
 
-The audit log is JSON lines, possibly rotated: ``PATH``, ``PATH.1``, ``PATH.2`` … (and
-``.gz`` variants), oldest last. The reader is deliberately tolerant of the record shape,
-because the audit writer evolves separately; what it reads:
+The audit log is JSON lines, possibly rotated: pgveil's own rotations
+(``PATH.20250131T120000.123456Z``, ordered by their first ``seq``, see
+:mod:`proxy.audit.files`) and numbered ones (``PATH.1``, ``PATH.2`` …, ``.gz`` too, the
+highest number oldest). The reader is deliberately tolerant of the record shape, because the
+audit writer evolves separately; what it reads:
 
 =================== ==========================================================================
-``kind``/``type``   ``grant.*`` → a grant event; anything else with ``columns``/``tables`` → a
-                    statement. ``grant.used`` counts as a use of its grant.
-grant id            ``id``, ``grant_id`` or ``grant.id`` of a grant event
-``user``            also ``username``, ``role``, ``subject``
+event name          ``event`` (pgveil: ``{"type": "event", "event": "grant.approved", …}``),
+                    else ``kind``/``type``. ``grant.*`` → a grant event; ``grant.used`` counts
+                    as a use of its grant. Anything else with ``columns``/``tables`` (pgveil:
+                    ``type = "intent"``) is a statement.
+grant id            ``grant`` (a string, or an object with ``id``), ``grant_id`` or ``id``
+grant subject       ``subject``, ``user``, ``requester`` or ``grantee``
+outcome             a ``complete`` record whose ``rid`` names an intent's ``seq`` (same
+                    ``instance``): a ``sqlstate`` other than ``00000`` or a ``deny`` decision
+                    means the statement read nothing; a ``hold`` intent counts only once a
+                    completion says ``forward``/``rewrite``
+``user``            also ``username``, ``role``
 ``columns``         list of ``"schema.table.column"`` / ``"table.column"`` (schema ``public``) /
-                    bare ``"column"`` (qualified by the only entry of ``tables``), or objects
+                    bare ``"column"`` (pgveil's intents: attributed to *every* table in
+                    ``tables`` — conservative, so a column is never wrongly reported as never
+                    read), or objects
                     ``{schema?, table, column}``, or a mapping ``{"schema.table": [columns]}``
 ``masked``          same shapes; columns read masked (``masked_columns`` also accepted)
 ``grants``          list of ids or objects with ``id`` (``grants_used`` also accepted)
@@ -88,25 +99,30 @@ class Inventory:
 
 
 def audit_files(path: str | Path) -> list[Path]:
-    """``PATH`` and its rotations ``PATH.1``, ``PATH.2`` … (also ``.gz``), that exist."""
+    """``PATH`` and its existing rotations, oldest first."""
     base = Path(path)
-    found: list[tuple[int, Path]] = []
-    if base.exists():
-        found.append((0, base))
-    pattern = re.compile(re.escape(base.name) + r"\.(\d+)(\.gz)?$")
+    numbered: list[tuple[int, Path]] = []
+    pattern = re.compile(re.escape(base.name) + r"\.(\d+)(\.gz)?")
     if base.parent.is_dir():
         for p in base.parent.iterdir():
             m = pattern.fullmatch(p.name)
             if m:
-                found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+                numbered.append((int(m.group(1)), p))
+    oldest_first = [p for _, p in sorted(numbered, reverse=True)]
+    try:
+        from proxy.audit.files import chain_files  # pgveil's own rotation scheme
+    except ImportError:  # pragma: no cover - the audit package is optional here
+        chain = [base] if base.exists() else []
+    else:
+        chain = chain_files(base)
+    return oldest_first + [p for p in chain if p not in oldest_first]
 
 
 def read_records(paths: Iterable[Path]) -> tuple[list[dict[str, Any]], int]:
-    """All JSON-object lines of ``paths`` (oldest file first) and how many lines were skipped."""
+    """All JSON-object lines of ``paths`` (oldest first) and how many lines were skipped."""
     records: list[dict[str, Any]] = []
     skipped = 0
-    for p in reversed(list(paths)):
+    for p in paths:
         opener = gzip.open if p.suffix == ".gz" else open
         with opener(p, "rt", encoding="utf-8", errors="replace") as fh:  # type: ignore[operator]
             for line in fh:
@@ -150,8 +166,8 @@ def _columns(raw: Any, tables: list[str]) -> set[str]:
                 out.add(".".join(parts[-3:]))
             elif len(parts) == 2:
                 out.add(f"public.{item}")
-            elif len(tables) == 1:
-                out.add(f"{_qualify(tables[0])}.{item}")
+            else:
+                out.update(f"{_qualify(t)}.{item}" for t in tables)
         elif isinstance(item, Mapping):
             col = item.get("column") or item.get("name")
             table = item.get("table") or item.get("relation")
@@ -191,9 +207,37 @@ def _decision(rec: Mapping[str, Any]) -> str:
     return str(d or "").lower()
 
 
+def _event_name(rec: Mapping[str, Any]) -> str:
+    event = rec.get("event")
+    if isinstance(event, str):
+        return event
+    return str(_first(rec, "kind", "type") or "")
+
+
+def _grant_id(rec: Mapping[str, Any]) -> str | None:
+    g = _first(rec, "grant", "grant_id", "id")
+    if isinstance(g, Mapping):
+        g = g.get("id")
+    return str(g) if isinstance(g, (str, int)) and not isinstance(g, bool) else None
+
+
+def _outcomes(records: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, Any], str]:
+    """``(instance, intent seq)`` → ``"ran"`` or ``"failed"``, from completion records."""
+    out: dict[tuple[Any, Any], str] = {}
+    for rec in records:
+        if rec.get("type") != "complete" or rec.get("rid") is None:
+            continue
+        sqlstate = rec.get("sqlstate")
+        failed = (sqlstate is not None and sqlstate != "00000") or _decision(rec).startswith("deny")
+        out[(rec.get("instance"), rec.get("rid"))] = "failed" if failed else "ran"
+    return out
+
+
 def build_inventory(sensitive: Iterable[str], records: Iterable[Mapping[str, Any]], *,
                     files: Iterable[str] = (), skipped_lines: int = 0) -> Inventory:
     """Cross-check ``sensitive`` columns (``schema.table.column``) against audit records."""
+    records = list(records)
+    outcomes = _outcomes(records)
     cols = {c: ColumnUse(c) for c in sensitive}
     grants: dict[str, GrantInfo] = {}
     seen: set[Any] = set()
@@ -207,22 +251,24 @@ def build_inventory(sensitive: Iterable[str], records: Iterable[Mapping[str, Any
         if ts is not None:
             first_ts = ts if first_ts is None or ts < first_ts else first_ts
             last_ts = ts if last_ts is None or ts > last_ts else last_ts
-        kind = str(_first(rec, "kind", "type", "event") or "")
+        kind = _event_name(rec)
         if kind.startswith("grant"):
-            gid = _first(rec, "id", "grant_id")
-            if gid is None and isinstance(rec.get("grant"), Mapping):
-                gid = rec["grant"].get("id")
+            gid = _grant_id(rec)
             if gid is None:
                 continue
-            g = grants.setdefault(str(gid), GrantInfo(str(gid)))
+            g = grants.setdefault(gid, GrantInfo(gid))
             g.events.append(kind)
-            subject = _first(rec, "subject", "user", "grantee")
+            subject = _first(rec, "subject", "user", "requester", "grantee")
             if isinstance(subject, str):
                 g.subject = g.subject or subject
             if kind.endswith(".used") or kind.endswith(".use"):
                 g.uses += 1
             continue
         if "columns" not in rec and "tables" not in rec:
+            continue
+        outcome = outcomes.get((rec.get("instance"), rec.get("seq")))
+        if outcome == "failed" or (_decision(rec).startswith("hold") and outcome != "ran"):
+            n_statements += 1
             continue
         sid = _first(rec, "statement_id", "id")
         if sid is not None:

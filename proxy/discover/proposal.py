@@ -111,7 +111,7 @@ def render_config(dsn: str, findings: Iterable[ColumnFinding], *, database: str 
     """A complete ``pgveil.toml``: ``[proxy]``, ``[upstream]`` from ``dsn``, ``[policy]``."""
     up = upstream_from_dsn(dsn)
     lines = [
-        _comment(f"pgveil configuration proposed by `pgveil discover`"
+        _comment("pgveil configuration proposed by `pgveil discover`"
                  + (f" for database {database}" if database else "")),
         "# Review every rule before use: detection is sampled and heuristic.",
         "",
@@ -123,4 +123,4 @@ def render_config(dsn: str, findings: Iterable[ColumnFinding], *, database: str 
     for k, v in up.items():
         lines.append(f"{k} = {toml_str(v) if isinstance(v, str) else v}")
     lines.append("")
-    return "\n".join(lines) + render_policy(findings, exempt_users=exempt_users)
+    return "\n".join(lines) + "\n" + render_policy(findings, exempt_users=exempt_users)
