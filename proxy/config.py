@@ -49,6 +49,8 @@ class ProxySettings:
     max_connections: int = 10000
     connect_timeout: float = 10.0
     notice_masked: bool = True
+    console_database: str = "pgveil"
+    console_auth_database: str = "postgres"
 
 
 @dataclass

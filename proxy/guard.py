@@ -45,6 +45,14 @@ class NeedCatalog(Exception):
     """The statement names a relation the catalog lacks: refresh, then decide again."""
 
 
+class NeedApproval(Exception):
+    """The statement matches an action rule: hold it while its request is pending."""
+
+    def __init__(self, decision: "Decision") -> None:
+        super().__init__(decision.approval)
+        self.decision = decision
+
+
 class Guard:
     #: server message types the relay must hand to :meth:`server_message`
     INTERESTING = b"ZESTN"
@@ -65,6 +73,7 @@ class Guard:
         self._sensitive: dict[int, dict[int, tuple[str, str, tuple[str, ...]]]] = {}
         self.last: "Decision | None" = None
         self.path_override: tuple[str, ...] | None = None  # until the server reports it
+        self.held: dict[str, tuple[str, str]] = {}  # approval key -> (request id, state)
 
     # ------------------------------------------------------------------ client side
     def _decide(self, sql: str) -> "Decision | bytes":
@@ -108,12 +117,30 @@ class Guard:
         if d.masked and self.notice:
             self.outbox.append(_masked_notice(d))
 
+    def _approval(self, d: "Decision") -> bytes:
+        """An approval decision: hold once (raise), then answer with the request's state."""
+        assert d.approval is not None
+        seen = self.held.pop(d.approval, None)
+        if seen is None:
+            raise NeedApproval(d)
+        from policy.errors import render
+
+        request, state = seen
+        if not request:
+            return m.error_response(d.sqlstate or "42501", d.message or "pgveil: approval needed",
+                                    hint=state)
+        sqlstate, message, hint = render("approval_pending", name=d.reason, request=request,
+                                         state=state)
+        return m.error_response(sqlstate, message, hint=hint)
+
     def client_query(self, body: bytes) -> bytes | None:
         """Replacement Query message, or None to forward the original."""
         sql = m.decode_query(body)
         d = self._decide(sql)
         if isinstance(d, bytes):
             return m.encode_query(self._poison(d))
+        if d.action == "approval":
+            return m.encode_query(self._poison(self._approval(d)))
         if d.action == "forward":
             self._after_decision(d)
             return None
@@ -127,6 +154,8 @@ class Guard:
         d = self._decide(p.query)
         if isinstance(d, bytes):
             return m.encode_parse(m.Parse(p.name, self._poison(d), p.param_types))
+        if d.action == "approval":
+            return m.encode_parse(m.Parse(p.name, self._poison(self._approval(d)), p.param_types))
         if d.action == "forward":
             self._after_decision(d)
             return None

@@ -23,6 +23,7 @@ class ProxyServer:
     def __init__(self, settings: Settings, cancel_key: bytes | None = None) -> None:
         self.settings = settings
         self.policy = PolicyRuntime(settings)
+        self.jit = None  # a JitService when [jit] is configured
         self.sessions: set[Session] = set()
         self.client_tls: ssl.SSLContext | None = None
         if settings.proxy.tls_cert and settings.proxy.tls_key:
@@ -54,6 +55,44 @@ class ProxyServer:
         if self._server is None:
             return []
         return [s.getsockname()[:2] for s in self._server.sockets]
+
+    def approvers(self) -> frozenset[str]:
+        if self.jit is None:
+            return frozenset()
+        return frozenset(self.jit.settings.approvers)
+
+    async def hold_for_approval(self, session: Session, decision) -> None:
+        """Open (or join) the approval request for a held statement and wait for it.
+
+        Whatever happens, the guard learns the request's id and state, so the statement
+        is decided again: it runs if a grant now allows it, or fails naming the request.
+        """
+        guard = session.guard
+        key = decision.approval
+        if self.jit is None:
+            guard.held[key] = ("", "Approvals need a [jit] section in the pgveil config.")
+            return
+        from .jit.service import JitError
+
+        rule, _, fingerprint = key.partition(":")
+        try:
+            req = None
+            for r in self.jit.requests(state="pending", user=session.user):
+                d = r.to_dict()
+                if d.get("action") == rule and d.get("fingerprint") == fingerprint:
+                    req = r
+                    break
+            if req is None:
+                req = await self.jit.create_request(
+                    user=session.user, action=rule, fingerprint=fingerprint,
+                    statement=decision.normalized, duration=None,
+                    reason=f"statement held by action rule {rule}", requested_by=session.user)
+            rid = req.to_dict()["id"]
+            if req.to_dict()["state"] == "pending":
+                req = await self.jit.wait_for(rid, self.jit.settings.hold_seconds)
+            guard.held[key] = (rid, req.to_dict()["state"])
+        except JitError as exc:
+            guard.held[key] = ("", f"{exc.message}")
 
     # ------------------------------------------------------------------ sessions
     def admit(self, session: Session) -> bool:

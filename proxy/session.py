@@ -24,7 +24,7 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
-from .guard import Guard, NeedCatalog
+from .guard import Guard, NeedApproval, NeedCatalog
 from .protocol import messages as m
 from .protocol.framer import MessageFramer, ProtocolViolation, RelayScanner, StartupFramer
 
@@ -95,6 +95,8 @@ class Session(asyncio.Protocol):
         self._client_paused = False
         self._task: asyncio.Task | None = None
         self.guard: Guard | None = None
+        self.console = None  # a ConsoleHandler when the client opened the console database
+        self._console_failed = False
         self._holding = False  # client bytes wait in _backlog while a statement is held
         self._backlog = b""
 
@@ -206,6 +208,15 @@ class Session(asyncio.Protocol):
         self.state = CONNECT
         if rest:
             self._early.append(rest)
+        px = self.settings.proxy
+        if params.get("database") == px.console_database:
+            # authenticate against the upstream like any session, then talk to pgveil itself
+            from .console.handler import ConsoleHandler
+
+            self.console = ConsoleHandler(self.server.jit, params["user"],
+                                          self.server.approvers())
+            params = {**params, "database": px.console_auth_database}
+            packet = m.encode_startup(req.version, params)[4:]
         self._spawn(self._connect_upstream(packet))
 
     def _spawn(self, coro) -> None:
@@ -316,6 +327,13 @@ class Session(asyncio.Protocol):
                 out.append(raw)
                 self.tx_status = raw[5:6]
                 self.state = READY
+                if self.console is not None:
+                    self.terminated = True
+                    self.upstream.write(m.msg(b"X"))  # type: ignore[union-attr]
+                    self.upstream.close()  # type: ignore[union-attr]
+                    self.client.write(b"".join(out))  # type: ignore[union-attr]
+                    self.server.session_ready(self)
+                    return
                 interesting = RELAY_INTERESTING
                 if self.server.policy.masks(self.user):
                     self.guard = Guard(self.server.policy, self.user, self.database,
@@ -338,6 +356,8 @@ class Session(asyncio.Protocol):
     def upstream_lost(self, exc: Exception | None) -> None:
         if self.state == CLOSED or self.client is None or self.client.is_closing():
             return
+        if self.console is not None and self.state == READY:
+            return  # the console's upstream was only for authentication
         if self._ssl_waiter is not None and not self._ssl_waiter.done():
             self._ssl_waiter.set_exception(ConnectionError("upstream closed the connection"))
             return
@@ -354,6 +374,9 @@ class Session(asyncio.Protocol):
     def _client_ready(self, data: bytes) -> None:
         if self._holding:
             self._backlog += data
+            return
+        if self.console is not None:
+            self._console_ready(data)
             return
         buf, upto, spans = self._frontend.feed_spans(data)
         if not spans:
@@ -381,11 +404,16 @@ class Session(asyncio.Protocol):
                     self.pending += 1
                 elif mtype == _X:
                     self.terminated = True
-            except NeedCatalog:
-                # send what came before, hold the rest until the catalog is fresh
+            except (NeedCatalog, NeedApproval) as exc:
+                # send what came before; hold this statement and the rest until the catalog
+                # is fresh, or the action's request is decided (or hold_seconds pass)
                 out.append(buf[last:start])
                 self._backlog = buf[start:upto] + self._frontend.take_buffered() + self._backlog
-                task = self.server.policy.ensure_catalog(self.database, force=True)
+                if isinstance(exc, NeedCatalog):
+                    task = self.server.policy.ensure_catalog(self.database, force=True)
+                else:
+                    task = asyncio.get_running_loop().create_task(
+                        self.server.hold_for_approval(self, exc.decision))
                 if task is not None:
                     self._hold(task)
                 break
@@ -398,6 +426,38 @@ class Session(asyncio.Protocol):
         data_out = b"".join(out)
         if data_out:
             self.upstream.write(data_out)  # type: ignore[union-attr]
+
+    def _console_ready(self, data: bytes) -> None:
+        """The console database: simple-protocol commands answered by pgveil itself."""
+        buf, upto, spans = self._frontend.feed_spans(data)
+        for i, (mtype, start, stop) in enumerate(spans):
+            if mtype == _X:
+                self.terminated = True
+                self.close()
+                return
+            if mtype == _Q:
+                text = m.decode_query(buf[start + 5 : stop])
+                self._backlog = b"".join(buf[a:b] for _, a, b in spans[i + 1 :]) + \
+                    self._frontend.take_buffered() + self._backlog
+                self._hold(asyncio.get_running_loop().create_task(self._console_query(text)))
+                return
+            if mtype == _SYNC:
+                self._console_failed = False
+                self.client.write(m.ready_for_query(b"I"))  # type: ignore[union-attr]
+            elif not self._console_failed and mtype != 72:  # 'H' Flush needs no answer
+                self._console_failed = True
+                self.client.write(m.error_response(  # type: ignore[union-attr]
+                    "0A000", "pgveil console: only the simple query protocol is supported",
+                    hint="Use psql, or your driver's simple-query mode."))
+
+    async def _console_query(self, text: str) -> None:
+        try:
+            reply = await self.console.run(text)  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - a console bug must not kill the proxy
+            log.exception("console command failed")
+            reply = m.error_response("XX000", f"pgveil console: internal error ({type(exc).__name__})")
+        if self.client is not None and not self.client.is_closing():
+            self.client.write(reply + m.ready_for_query(b"I"))
 
     def _hold(self, task: asyncio.Future) -> None:
         """Hold the client's statements until ``task`` is done, then carry on."""

@@ -326,3 +326,33 @@ def decode_describe_or_close(body: bytes) -> tuple[str, str]:
     if pos != len(body):
         raise ProtocolViolation("malformed Describe/Close message")
     return chr(body[0]), name
+
+
+# --- result sets the proxy answers itself (the console) ------------------------------------
+TEXT_OID = 25
+
+
+def row_description(names: list[str]) -> bytes:
+    body = _I16.pack(len(names)) + b"".join(
+        cstr(n) + struct.pack("!IhIhih", 0, 0, TEXT_OID, -1, -1, 0) for n in names
+    )
+    return msg(b"T", body)
+
+
+def data_row(values: list[str | None]) -> bytes:
+    parts = [_I16.pack(len(values))]
+    for v in values:
+        if v is None:
+            parts.append(_I32.pack(-1))
+        else:
+            b = v.encode()
+            parts.append(_I32.pack(len(b)) + b)
+    return msg(b"D", b"".join(parts))
+
+
+def command_complete(tag: str) -> bytes:
+    return msg(b"C", cstr(tag))
+
+
+def empty_query_response() -> bytes:
+    return msg(b"I")
