@@ -378,17 +378,17 @@ class Session(asyncio.Protocol):
         if self.console is not None:
             self._console_ready(data)
             return
-        buf, upto, spans = self._frontend.feed_spans(data)
-        if not spans:
-            return
         guard = self.guard
         if guard is None:
-            for mtype, _, _ in spans:
-                if mtype == _Q or mtype == _SYNC:
-                    self.pending += 1
-                elif mtype == _X:
+            buf, upto, n, terminate = self._frontend.feed_count(data, b"QS")
+            if upto:
+                self.pending += n
+                if terminate:
                     self.terminated = True
-            self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+                self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+            return
+        buf, upto, spans = self._frontend.feed_spans(data)
+        if not spans:
             return
         out: list[bytes] = []
         last = 0

@@ -160,7 +160,8 @@ class Store:
     async def load_all(self, since: float) -> tuple[list[Request], list[GrantRecord]]: ...
     async def get_request(self, request_id: str) -> Request | None: ...
     async def get_grant(self, grant_id: str) -> GrantRecord | None: ...
-    async def create_request(self, req: Request) -> None: ...
+    async def create_request(self, req: Request, grant: GrantRecord | None = None) -> None:
+        """Insert ``req`` (and ``grant``, for an auto-approval) in one transaction."""
 
     async def update_request(
         self, req: Request, expect_version: int, grant: GrantRecord | None = None
@@ -331,8 +332,13 @@ class SqliteStore(Store):
         except sqlite3.IntegrityError as exc:
             raise Conflict(str(exc)) from exc
 
-    async def create_request(self, req: Request) -> None:
-        await self._run(self._tx(lambda c: self._insert(c, "requests", REQUEST_COLS, to_row(req, REQUEST_MAP))))
+    async def create_request(self, req: Request, grant: GrantRecord | None = None) -> None:
+        def do(conn: sqlite3.Connection) -> None:
+            self._insert(conn, "requests", REQUEST_COLS, to_row(req, REQUEST_MAP))
+            if grant is not None:
+                self._insert(conn, "grants", GRANT_COLS, to_row(grant, GRANT_MAP))
+
+        await self._run(self._tx(do))
 
     async def update_request(self, req: Request, expect_version: int, grant: GrantRecord | None = None) -> None:
         sets = ", ".join(f"{col} = ?" for attr, col in REQUEST_MAP if attr != "id")
@@ -353,7 +359,8 @@ class SqliteStore(Store):
 
     async def revoke_grant(self, grant_id: str, at: float, by: str) -> bool:
         return await self._run(self._tx(lambda c: c.execute(
-            "UPDATE grants SET revoked_at = ?, revoked_by = ?, version = version + 1 "
+            "UPDATE grants SET revoked_at = ?, revoked_by = ?, ended = COALESCE(ended, 'revoked'), "
+            "version = version + 1 "
             "WHERE id = ? AND revoked_at IS NULL", (at, by, grant_id)).rowcount == 1))
 
     async def add_uses(self, grant_id: str, n: int, at: float) -> int:

@@ -54,6 +54,7 @@ class PostgresStore(Store):
         self._healthy = False
         self._closed = False
         self._first_sync: asyncio.Future[None] | None = None
+        self._schema_ready = False
 
     # -- health ------------------------------------------------------------------------------
     @property
@@ -108,7 +109,7 @@ class PostgresStore(Store):
         return sql.SQL("SELECT pg_notify({}, %s)").format(sql.Literal(self.channel))
 
     # -- lifecycle ---------------------------------------------------------------------------
-    async def open(self) -> None:
+    async def _ensure_schema(self) -> None:
         async def create(conn: psycopg.AsyncConnection) -> None:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext('pgveil.jit.schema'))")
@@ -118,6 +119,12 @@ class PostgresStore(Store):
                     await conn.execute(stmt)
 
         await self._with_writer(create, require_healthy=False)
+
+    async def open(self) -> None:
+        """Start the listener and wait (a few seconds at most) for the first full sync.
+
+        An unreachable server does not raise: the store stays unhealthy (fail closed) and
+        the listener keeps trying."""
         loop = asyncio.get_running_loop()
         self._first_sync = loop.create_future()
         self._listener_task = asyncio.create_task(self._listen(), name="pgveil-jit-listen")
@@ -142,6 +149,9 @@ class PostgresStore(Store):
             conn: psycopg.AsyncConnection | None = None
             try:
                 conn = await asyncio.wait_for(self._connect(), self.op_timeout)
+                if not self._schema_ready:
+                    await self._ensure_schema()
+                    self._schema_ready = True
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.channel)))
                 # Everything written before LISTEN took effect is read by the reload; anything
                 # after arrives as a notification (possibly both: re-reading is idempotent).
@@ -234,10 +244,13 @@ class PostgresStore(Store):
     async def _notify(self, conn: psycopg.AsyncConnection, kind: str, ident: str) -> None:
         await conn.execute(self._notify_sql(), [f"{self.origin} {kind} {ident}"])
 
-    async def create_request(self, req: Request) -> None:
+    async def create_request(self, req: Request, grant: GrantRecord | None = None) -> None:
         async def do(conn: psycopg.AsyncConnection) -> None:
             async with conn.transaction():
                 await self._insert(conn, "requests", REQUEST_COLS, to_row(req, REQUEST_MAP))
+                if grant is not None:
+                    await self._insert(conn, "grants", GRANT_COLS, to_row(grant, GRANT_MAP))
+                    await self._notify(conn, "grant", grant.id)
                 await self._notify(conn, "request", req.id)
 
         await self._with_writer(do)
@@ -272,7 +285,8 @@ class PostgresStore(Store):
         async def do(conn: psycopg.AsyncConnection) -> bool:
             async with conn.transaction():
                 cur = await conn.execute(sql.SQL(
-                    "UPDATE {} SET revoked_at = %s, revoked_by = %s, version = version + 1 "
+                    "UPDATE {} SET revoked_at = %s, revoked_by = %s, ended = COALESCE(ended, 'revoked'), "
+                    "version = version + 1 "
                     "WHERE id = %s AND revoked_at IS NULL").format(self._t("grants")), [at, by, grant_id])
                 if cur.rowcount != 1:
                     return False

@@ -129,6 +129,39 @@ class MessageFramer:
         self._buf = buf[pos:] if pos < end else b""
         return buf, pos, spans
 
+    def feed_count(self, data: bytes, counted: bytes) -> tuple[bytes, int, int, bool]:
+        """The relay's fast path: ``(buf, upto, n, terminate)`` without a list of spans.
+
+        ``n`` counts whole messages whose type is in ``counted``; ``terminate`` says a
+        Terminate ('X') message was among them.
+        """
+        buf = self._buf + data if self._buf else data
+        pos = 0
+        end = len(buf)
+        valid = self.valid_types
+        maxsz = self.max_size
+        n = 0
+        terminate = False
+        while end - pos >= 5:
+            mtype = buf[pos]
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            if valid is not None and mtype not in valid:
+                raise ProtocolViolation(f"invalid message type 0x{mtype:02x}")
+            if length < 4 or length > maxsz:
+                raise ProtocolViolation(
+                    f"invalid length {length} for message type {chr(mtype)!r}"
+                )
+            stop = pos + 1 + length
+            if stop > end:
+                break
+            if mtype in counted:
+                n += 1
+            elif mtype == 88:  # 'X'
+                terminate = True
+            pos = stop
+        self._buf = buf[pos:] if pos < end else b""
+        return buf, pos, n, terminate
+
     def take_buffered(self) -> bytes:
         """Hand over (and forget) bytes of an incomplete message, e.g. to another framer."""
         rest, self._buf = self._buf, b""

@@ -21,6 +21,9 @@ from .common import (REQUEST_STATES, InputError, estimate_exposure, is_jit_error
                      parse_max_uses, require_text, to_dict)
 from .state import WebState, get_state
 
+#: The CLI names itself with this header so approvals are recorded ``via="cli"``.
+VIA_HEADER = "X-Pgveil-Client"
+
 Handler = Callable[[web.Request, WebState, Identity, dict[str, Any]], Awaitable[web.StreamResponse]]
 
 
@@ -149,7 +152,8 @@ async def get_request(request: web.Request, state: WebState, who: Identity,
 async def approve_request(request: web.Request, state: WebState, who: Identity,
                           body: dict[str, Any]) -> web.StreamResponse:
     max_uses = parse_max_uses(body.get("max_uses"))
-    req = await state.service.approve(request.match_info["id"], who.name, via="api",
+    via = "cli" if request.headers.get(VIA_HEADER, "").lower() == "cli" else "api"
+    req = await state.service.approve(request.match_info["id"], who.name, via=via,
                                       max_uses=max_uses)
     return json_response(to_dict(req))
 

@@ -21,6 +21,13 @@ JIT_STATUS = {
     "not_approver": 403,
     "too_long": 400,
     "store_unavailable": 503,
+    # further codes the service uses
+    "forbidden": 403,
+    "already_approved": 409,
+    "not_active": 409,
+    "conflict": 409,
+    "bad_duration": 400,
+    "bad_request": 400,
 }
 
 REQUEST_STATES = ("pending", "approved", "denied", "cancelled", "expired")

@@ -26,6 +26,10 @@ from .state import WebState, get_state
 SESSION_COOKIE = "pgveil_session"
 LOGIN_COOKIE = "pgveil_login"
 MAX_FORM_BYTES = 16 * 1024
+#: The channel approvals from this page are recorded under. Not "console": to the JIT
+#: service that is the psql console, whose approvers come from ``[jit] approvers``; here the
+#: token's role has already been checked, as for the API.
+PAGE_VIA = "api"
 
 
 def _csp(nonce: str) -> str:
@@ -92,8 +96,9 @@ async def _checked_form(request: web.Request) -> tuple[Session, Any] | web.Respo
     return session, form
 
 
-def _back() -> web.HTTPSeeOther:
-    return web.HTTPSeeOther("/")
+def _back() -> web.Response:
+    """303 to the page (post/redirect/get)."""
+    return web.Response(status=303, headers={"Location": "/", "Cache-Control": "no-store"})
 
 
 async def index(request: web.Request) -> web.Response:
@@ -158,7 +163,7 @@ async def login(request: web.Request) -> web.StreamResponse:
                                  "the approver page needs an approver or admin token.")
     state.sessions.drop(request.cookies.get(SESSION_COOKIE))
     session = state.sessions.create(who)
-    resp = web.HTTPSeeOther("/")
+    resp = _back()
     resp.set_cookie(SESSION_COOKIE, session.id,
                     **_cookie_args(request, int(state.sessions.max_seconds)))
     resp.del_cookie(LOGIN_COOKIE, path="/")
@@ -171,7 +176,7 @@ async def logout(request: web.Request) -> web.StreamResponse:
         return checked
     session, _ = checked
     get_state(request.app).sessions.drop(session.id)
-    resp = web.HTTPSeeOther("/")
+    resp = _back()
     resp.del_cookie(SESSION_COOKIE, path="/")
     return resp
 
@@ -208,7 +213,7 @@ async def approve(request: web.Request) -> web.StreamResponse:
         return _back()
     svc = get_state(request.app).service
     await _act(session, f"Approved request {rid}.",
-               svc.approve(rid, session.identity.name, via="console", max_uses=max_uses))
+               svc.approve(rid, session.identity.name, via=PAGE_VIA, max_uses=max_uses))
     return _back()
 
 

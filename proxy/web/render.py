@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import time
 from typing import Any, Iterable
 from urllib.parse import quote
 
@@ -15,6 +16,7 @@ STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
 header{background:#1d2330;color:#fff;padding:10px 24px;display:flex;align-items:center;gap:16px}
 header h1{font-size:17px;margin:0;flex:1}
+header a,header .who{color:#dfe3ea}
 header form{margin:0}
 main{max-width:1100px;margin:0 auto;padding:16px 24px 48px}
 h2{font-size:16px;margin:28px 0 10px}
@@ -53,6 +55,15 @@ def when(item: dict[str, Any], key: str) -> str:
     """An item's time field, preferring the ``<key>_epoch`` number when there is one."""
     value = item.get(f"{key}_epoch")
     return fmt_time(item.get(key) if value is None else value)
+
+
+def expires(item: dict[str, Any], now: float) -> str:
+    """'<time> (in 29 min)' for a grant's expiry."""
+    text = when(item, "expires_at")
+    at = item.get("expires_at_epoch")
+    if isinstance(at, (int, float)) and at > now:
+        text += f" (in {fmt_duration(at - now)})"
+    return text
 
 
 def url_id(value: Any) -> str:
@@ -99,16 +110,19 @@ def what(item: dict[str, Any]) -> str:
         parts.append(f"action <code>{e(item['action'])}</code>")
     if item.get("table"):
         cols = item.get("columns") or ()
-        col_text = ", ".join(str(c) for c in cols) if cols else "all sensitive columns"
-        parts.append(f"<code>{e(item['table'])}</code> ({e(col_text)})")
+        if cols:
+            col_text = f" ({e(', '.join(str(c) for c in cols))})"
+        else:
+            col_text = "" if item.get("action") else " (all sensitive columns)"
+        parts.append(f"<code>{e(item['table'])}</code>{col_text}")
     return " on ".join(parts) if parts else "—"
 
 
 def page(title: str, body: str, *, nonce: str, who: Any = None, csrf: str | None = None) -> str:
     head = ""
     if who is not None:
-        head = (f'<span class="muted" id="whoami">{e(who.name)} ({e(who.role)})</span>'
-                f'<a href="/" style="color:#fff">Refresh</a>'
+        head = (f'<span class="who" id="whoami">{e(who.name)} ({e(who.role)})</span>'
+                f'<a href="/">Refresh</a>'
                 f'<form method="post" action="/logout">{csrf_field(csrf)}'
                 f'<button type="submit" id="logout">Sign out</button></form>')
     return (
@@ -146,6 +160,15 @@ def pending_card(r: dict[str, Any], rows: int | None, csrf: str) -> str:
     rid = url_id(r.get("id"))
     stmt = (f"<dt>Statement</dt><dd><pre>{e(r['statement'])}</pre></dd>"
             if r.get("statement") else "")
+    rows_html = ""
+    if r.get("table"):
+        label = "Rows in table" if r.get("action") else "Rows exposed"
+        rows_html = f'<dt>{label}</dt><dd class="exposure">{e(fmt_rows(rows))}</dd>'
+    max_uses = r.get("max_uses")
+    uses_html = ""
+    if max_uses:
+        uses_html = ("<dt>Uses</dt><dd>" + ("single use" if max_uses == 1
+                                            else f"at most {e(max_uses)} statements") + "</dd>")
     return (
         f'<div class="card pending" id="req-{e(r.get("id"))}" data-id="{e(r.get("id"))}">'
         "<dl>"
@@ -156,11 +179,11 @@ def pending_card(r: dict[str, Any], rows: int | None, csrf: str) -> str:
         f"<dt>Access to</dt><dd>{what(r)}</dd>{stmt}"
         f"<dt>Reason</dt><dd class=\"reason\">{e(r.get('reason'))}</dd>"
         f"<dt>For</dt><dd>{e(fmt_duration(r.get('duration_s')))}</dd>"
-        f"<dt>Rows exposed</dt><dd class=\"exposure\">{e(fmt_rows(rows))}</dd>"
+        f"{rows_html}{uses_html}"
         "</dl><div class=\"actions\">"
         f'<form method="post" action="/requests/{rid}/approve">{csrf_field(csrf)}'
         '<label class="muted">max uses <input type="number" name="max_uses" min="1" '
-        'placeholder="any"></label>'
+        f'placeholder="{e(max_uses or "any")}"></label>'
         '<button type="submit" class="approve">Approve</button></form>'
         f'<form method="post" action="/requests/{rid}/deny">{csrf_field(csrf)}'
         '<input type="text" name="reason" placeholder="reason for denying" required '
@@ -169,7 +192,9 @@ def pending_card(r: dict[str, Any], rows: int | None, csrf: str) -> str:
         "</div></div>")
 
 
-def grants_table(grants: list[dict[str, Any]], *, csrf: str, can_revoke: bool) -> str:
+def grants_table(grants: list[dict[str, Any]], *, csrf: str, can_revoke: bool,
+                 now: float | None = None) -> str:
+    now = time.time() if now is None else now
     if not grants:
         return '<p class="muted" id="no-grants">No active grants.</p>'
     rows = []
@@ -187,7 +212,7 @@ def grants_table(grants: list[dict[str, Any]], *, csrf: str, can_revoke: bool) -
             f"<td><code>{e(g.get('id'))}</code></td><td>{e(g.get('user'))}</td>"
             f"<td>{what(g)}</td><td class=\"reason\">{e(g.get('reason'))}</td>"
             f"<td>{e(g.get('requested_by'))}</td><td>{e(g.get('approved_by'))}</td>"
-            f"<td>{e(when(g, 'expires_at'))}</td><td>{e(use_text)}</td>"
+            f"<td>{e(expires(g, now))}</td><td>{e(use_text)}</td>"
             f"<td>{revoke}</td></tr>")
     return ('<table id="grants"><thead><tr><th>Grant</th><th>User</th><th>Access to</th>'
             "<th>Reason</th><th>Asked by</th><th>Approved by</th><th>Expires</th>"
@@ -198,12 +223,18 @@ _USE_KEYS = ("at", "time", "ts", "grant_id", "user", "table", "columns", "action
              "fingerprint", "statement", "session")
 
 
+_USE_LABELS = {"at": "When", "time": "When", "ts": "When", "grant_id": "Grant", "user": "User",
+               "table": "Table", "columns": "Columns", "action": "Action",
+               "fingerprint": "Fingerprint", "statement": "Statement", "session": "Session",
+               "instance": "Instance", "uses": "Uses so far"}
+
+
 def uses_table(uses: list[dict[str, Any]]) -> str:
     if not uses:
         return '<p class="muted" id="no-uses">No grant used yet.</p>'
     keys = [k for k in _USE_KEYS if any(k in u for u in uses)]
     keys += sorted({k for u in uses for k in u} - set(keys))
-    head = "".join(f"<th>{e(k)}</th>" for k in keys)
+    head = "".join(f"<th>{e(_USE_LABELS.get(k, k))}</th>" for k in keys)
     body = []
     for u in uses:
         cells = []

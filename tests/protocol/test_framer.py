@@ -153,3 +153,15 @@ def test_message_codecs_roundtrip():
     assert code == m.AUTH_SASL and m.decode_sasl_mechanisms(payload) == ["SCRAM-SHA-256"]
     bind = m.msg(b"B", m.cstr("p") + m.cstr("old") + b"\x00\x00\x00\x00\x00\x00")
     assert m.decode_bind_names(m.encode_bind_with_statement(bind[5:], "new")[5:])[:2] == ("p", "new")
+
+
+@given(streams, st.lists(st.integers(min_value=0), max_size=20))
+def test_feed_count_matches_spans(msgs, cuts):
+    data = b"".join(msgs)
+    a, b = MessageFramer(max_size=1 << 20), MessageFramer(max_size=1 << 20)
+    for chunk in split_at(data, cuts):
+        buf1, upto1, spans = a.feed_spans(chunk)
+        buf2, upto2, n, term = b.feed_count(chunk, b"Z3")
+        assert buf1[:upto1] == buf2[:upto2]
+        assert n == sum(1 for t, _, _ in spans if t in b"Z3")
+        assert term == any(t == ord("X") for t, _, _ in spans)
