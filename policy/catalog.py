@@ -36,7 +36,8 @@ SELECT pg_catalog.json_build_object(
   'relations', (
     SELECT pg_catalog.json_agg(pg_catalog.json_build_array(
              c.oid::int8, n.nspname, c.relname, c.relkind::text,
-             CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END)
+             CASE WHEN c.relkind IN ('v', 'm') THEN pg_catalog.pg_get_viewdef(c.oid) END,
+             c.reltuples::int8)
            ORDER BY c.oid)
     FROM pg_catalog.pg_class c
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -135,6 +136,7 @@ class Relation:
     depends_on: frozenset[tuple[int, int]] = frozenset()  # views: (rel oid, attnum; 0 = all)
     depends_on_functions: frozenset[int] = frozenset()
     view_sql: str | None = None
+    reltuples: int | None = None  # the planner's row estimate (-1: never analysed)
 
     @property
     def qualified(self) -> str:
@@ -242,9 +244,11 @@ class Catalog:
                 parents=tuple(parents.get(oid, ())),
                 depends_on=frozenset(deps.get(oid, ())),
                 depends_on_functions=frozenset(fdeps.get(oid, ())),
-                view_sql=viewdef,
+                view_sql=row[4],
+                reltuples=row[5] if len(row) > 5 else None,
             )
-            for oid, schema, name, kind, viewdef in data.get("relations") or ()
+            for row in data.get("relations") or ()
+            for oid, schema, name, kind in [row[:4]]
         ]
         functions = [Function(*f) for f in data.get("functions") or ()]
         operators = [tuple(o) for o in data.get("operators") or ()]

@@ -1,4 +1,5 @@
-"""The admin HTTP listener (aiohttp): ``/healthz`` now; the API, page and metrics later."""
+"""The admin HTTP listener (aiohttp): ``/healthz``, ``/metrics``, and with ``[jit]`` the
+approval API and approver page (``proxy/web``)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,26 @@ def build_app(server: ProxyServer) -> web.Application:
     async def healthz(request: web.Request) -> web.Response:
         if server.closing:
             return web.Response(status=503, text="shutting down\n")
+        problems = []
+        if server.audit is not None and not server.audit.healthy:
+            problems.append("audit sink failing")
+        if server.jit is not None and not server.jit.healthy:
+            problems.append("state store unreachable")
+        if problems:
+            return web.Response(status=503, text="; ".join(problems) + "\n")
         return web.Response(text="ok\n")
 
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=server.metrics.render(),
+                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    if server.jit is not None:
+        from .web import add_routes
+
+        add_routes(app, service=server.jit, tokens=server.settings.admin_tokens,
+                   exposure=server.policy.exposure)
     return app
 
 

@@ -76,8 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .audit.cli import register as register_audit
     from .discover.cli import register as register_discover
 
+    from .jitcli import register as register_jit
+
     register_audit(sub)
     register_discover(sub)
+    register_jit(sub)
 
     d = sub.add_parser("demo", help="embedded PostgreSQL + sample data + the proxy, until Ctrl-C")
     d.add_argument("--port", type=int, default=6432)

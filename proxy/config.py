@@ -75,6 +75,9 @@ class Settings:
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     policy: dict[str, Any] = field(default_factory=dict)
+    audit: Any = None  # proxy.audit.settings.AuditSettings when [audit] is present
+    jit: Any = None  # proxy.jit.settings.JitSettings when [jit] is present
+    admin_tokens: list = field(default_factory=list)
     path: str = "<defaults>"
 
 
@@ -165,10 +168,18 @@ def parse_settings(text: str, path: str = "<string>") -> Settings:
         raise ConfigError(path, "-", f"invalid TOML: {exc}", int(m.group(1)) if m else None)
     s = Settings(path=path)
     sections = {"proxy": s.proxy, "upstream": s.upstream, "admin": s.admin}
-    later = {"jit", "state", "audit", "webhooks"}
+    later: set[str] = set()
     for name, value in raw.items():
+        if name == "admin" and isinstance(value, dict) and "tokens" in value:
+            value = dict(value)
+            tokens = value.pop("tokens")
+            s.admin_tokens = _admin_tokens(tokens, path, text)
         if name in sections:
             _load_section(sections[name], value, name, path, text)
+        elif name == "audit":
+            s.audit = _audit(value, path, text)
+        elif name in ("jit", "state", "webhooks"):
+            continue  # read together below
         elif name == "policy":
             if not isinstance(value, dict):
                 raise ConfigError(path, "policy", "expected a table", _line_of(text, "policy", ""))
@@ -183,11 +194,59 @@ def parse_settings(text: str, path: str = "<string>") -> Settings:
             raise ConfigError(
                 path,
                 name,
-                "unknown section; expected one of: admin, policy, proxy, upstream",
+                "unknown section; expected one of: admin, audit, jit, policy, proxy, state, "
+                "upstream, webhooks",
                 _line_of(text, name, "") or _line_of(text, "", name),
             )
+    if any(k in raw for k in ("jit", "state", "webhooks")):
+        s.jit = _jit(raw, path, text)
     _check(s, path, text)
     return s
+
+
+def _audit(raw: Any, path: str, text: str) -> Any:
+    from .audit.settings import AuditConfigError, audit_settings_from_dict
+
+    if not isinstance(raw, dict):
+        raise ConfigError(path, "audit", "expected a table", _line_of(text, "audit", ""))
+    try:
+        return audit_settings_from_dict(raw, path)
+    except AuditConfigError as exc:
+        key = exc.key.split(".", 1)[-1]
+        raise ConfigError(path, exc.key, exc.message, _line_of(text, "audit", key)) from None
+
+
+def _jit(raw: dict, path: str, text: str) -> Any:
+    from .jit.settings import JitConfigError, jit_settings_from_config
+
+    try:
+        return jit_settings_from_config(raw.get("jit", {}), raw.get("state", {}),
+                                        raw.get("webhooks", []), str(Path(path).parent))
+    except JitConfigError as exc:
+        m = re.fullmatch(r"(\w+)(?:\[(\d+)\])?(?:\.(\w+))?(?:\[(\d+)\])?(?:\.(\w+))?", exc.key)
+        line = None
+        if m:
+            section = m.group(1)
+            if m.group(2) is not None:
+                line = _line_of_array_item(text, section, int(m.group(2)), m.group(3))
+            elif m.group(4) is not None:
+                line = _line_of_array_item(text, f"{section}.{m.group(3)}", int(m.group(4)),
+                                           m.group(5))
+            else:
+                line = _line_of(text, section, m.group(3) or "")
+        raise ConfigError(path, exc.key, exc.message, line) from None
+
+
+def _admin_tokens(raw: Any, path: str, text: str) -> list:
+    from .web.auth import tokens_from_config
+
+    try:
+        return tokens_from_config(raw)
+    except ValueError as exc:
+        key = getattr(exc, "key", "admin.tokens")
+        m = re.fullmatch(r"admin\.tokens\[(\d+)\](?:\.(\w+))?", key)
+        line = _line_of_array_item(text, "admin.tokens", int(m.group(1)), m.group(2)) if m else None
+        raise ConfigError(path, key, getattr(exc, "message", str(exc)), line) from None
 
 
 def _check_policy(raw: dict, path: str, text: str) -> None:

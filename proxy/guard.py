@@ -21,6 +21,7 @@ before it goes upstream, and the server messages a masked user must not receive 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -53,6 +54,10 @@ class NeedApproval(Exception):
         self.decision = decision
 
 
+class NeedSync(Exception):
+    """The search_path is changing: wait for the server to report it before deciding."""
+
+
 class Guard:
     #: server message types the relay must hand to :meth:`server_message`
     INTERESTING = b"ZESTN"
@@ -72,18 +77,33 @@ class Guard:
         self._sensitive_version: tuple | None = None
         self._sensitive: dict[int, dict[int, tuple[str, str, tuple[str, ...]]]] = {}
         self.last: "Decision | None" = None
-        self.path_override: tuple[str, ...] | None = None  # until the server reports it
+        # search_path: only the server's report (ParameterStatus) is trusted. After a
+        # statement that may change it, the path is unknown until the next ReadyForQuery.
+        self.path_dirty = False
+        self.synced_since_dirty = False  # a Sync closed the batch that changed it
+        self.tx_path_change = False  # changed inside the open transaction block
+        # what RESET / SET … TO DEFAULT return to: the value the server reported at startup
+        self.default_path = parse_search_path(parameters.get("search_path", '"$user", public'))
         self.held: dict[str, tuple[str, str]] = {}  # approval key -> (request id, state)
 
     # ------------------------------------------------------------------ client side
-    def _decide(self, sql: str) -> "Decision | bytes":
+    def _decide(self, sql: str, extended: bool = False) -> "Decision | bytes":
         """A decision, or a ready-made ErrorResponse when none can be made."""
-        path = self.path_override or parse_search_path(
-            self.parameters.get("search_path", '"$user", public'))
+        if self.path_dirty:
+            if not extended or self.synced_since_dirty:
+                raise NeedSync()
+            self.last = _synthetic(sql, "search_path_pending")
+            return m.error_response(
+                "0A000", "pgveil: this statement follows a search_path change in the same "
+                "pipeline batch",
+                hint="pgveil resolves table names with the search_path the server reports; "
+                     "send Sync after SET search_path before the next statement.")
+        path = parse_search_path(self.parameters.get("search_path", '"$user", public'))
         try:
             d = self.runtime.decide(sql, user=self.user, database=self.database,
                                     search_path=path, settings=self.parameters)
         except LookupError as exc:
+            self.last = _synthetic(sql, "catalog_unavailable")
             return m.error_response(
                 "0A000",
                 f"pgveil: cannot check this statement: the schema catalog of database "
@@ -93,6 +113,7 @@ class Guard:
             )
         except Exception as exc:  # noqa: BLE001 - a bug must fail closed, not open
             log.exception("decision failed (%s)", type(exc).__name__)
+            self.last = _synthetic(sql, "analysis_failed")
             return m.error_response(
                 "0A000", "pgveil: this statement could not be analysed",
                 hint="This is a pgveil limitation or bug; simplify the statement or report it.")
@@ -101,12 +122,66 @@ class Guard:
             raise NeedCatalog()
         self._retried.discard(d.fingerprint)
         self.last = d
-        effect = d.session_effects.get("search_path", False) if d.session_effects else False
-        if effect is not False and d.action != "deny":
-            self.path_override = effect or None
+        if d.action != "deny":
+            changes = "search_path" in (d.session_effects or {})
+            kinds = set(d.kinds)
+            if changes and len(d.kinds) > 1 and d.kinds[-1] not in ("set", "reset"):
+                # later statements of this string run with the new path: decide them with it
+                whole = d
+                d = self._decide_pieces(sql, path)
+                if isinstance(d, bytes):
+                    return d
+                self.last = d = dataclasses.replace(d, fingerprint=whole.fingerprint,
+                                                    normalized=whole.normalized)
+            if changes or kinds & {"discard", "reset"} or (
+                    self.tx_path_change and "transaction" in kinds):
+                self.path_dirty = True
+                self.synced_since_dirty = False
+                if changes:
+                    self.tx_path_change = True
         if d.refresh_catalog:
             self.refresh_after = True
         return d
+
+    def _decide_pieces(self, sql: str, path: tuple[str, ...]) -> "Decision | bytes":
+        """Decide a multi-statement string one statement at a time, following its SETs."""
+        import json
+
+        from pglast import parser as pg_parser
+
+        raw = sql.encode()
+        stmts = json.loads(pg_parser.parse_sql_json(sql)).get("stmts", [])
+        pieces: list["Decision"] = []
+        for st in stmts:
+            start = st.get("stmt_location", 0)
+            end = start + st["stmt_len"] if st.get("stmt_len") else len(raw)
+            text = raw[start:end].decode()
+            d = self.runtime.decide(text, user=self.user, database=self.database,
+                                    search_path=path, settings=self.parameters)
+            if d.action != "forward" and d.action != "rewrite":
+                self.last = d
+                return _denial(d) if d.action == "deny" else m.error_response(
+                    "0A000", "pgveil: a statement needing approval must be sent on its own",
+                    hint="Send it as a separate query.")
+            effect = (d.session_effects or {}).get("search_path", False)
+            if effect is None:  # RESET, RESET ALL, SET … TO DEFAULT
+                path = self.default_path
+            elif effect is not False:
+                path = tuple(effect)
+            pieces.append(d)
+        first = pieces[0]
+        texts = [p.sql if p.action == "rewrite" else raw[
+            st.get("stmt_location", 0):(st.get("stmt_location", 0) + st["stmt_len"]
+                                        if st.get("stmt_len") else len(raw))].decode()
+            for p, st in zip(pieces, stmts)]
+        rewritten = any(p.action == "rewrite" for p in pieces)
+        return dataclasses.replace(
+            first, action="rewrite" if rewritten else "forward", sql=";".join(texts),
+            kinds=tuple(k for p in pieces for k in p.kinds), kind="multi",
+            tables=tuple(dict.fromkeys(t for p in pieces for t in p.tables)),
+            masked=tuple(dict.fromkeys(x for p in pieces for x in p.masked)),
+            grants_used=tuple(dict.fromkeys(g for p in pieces for g in p.grants_used)),
+            session_effects={"search_path": None}, fingerprint=first.fingerprint)
 
     def _poison(self, error: bytes) -> str:
         token = POISON_PREFIX + secrets.token_hex(8)
@@ -151,7 +226,7 @@ class Guard:
 
     def client_parse(self, body: bytes) -> bytes | None:
         p = m.decode_parse(body)
-        d = self._decide(p.query)
+        d = self._decide(p.query, extended=True)
         if isinstance(d, bytes):
             return m.encode_parse(m.Parse(p.name, self._poison(d), p.param_types))
         if d.action == "approval":
@@ -169,6 +244,10 @@ class Guard:
         """Replacement for one whole server message (b"" drops it), or None to keep it."""
         if mtype == _Z:
             self.blocking = False
+            if idle:
+                self.path_dirty = False  # the server has reported any change by now
+                if msg[5:6] == b"I":
+                    self.tx_path_change = False
             out = None
             if self.outbox:
                 out = b"".join(self.outbox) + msg
@@ -244,6 +323,15 @@ def sensitive_columns(catalog, policy) -> dict[int, dict[int, tuple[str, str, tu
             also = tuple(catalog.relations[o].qualified for o, _ in cm.via if o in catalog.relations)
             out.setdefault(oid, {})[cm.column.attnum] = (rel.qualified, name, also)
     return out
+
+
+def _synthetic(sql: str, reason: str) -> "Decision":
+    """A deny record for the audit when no decision could be made."""
+    from policy.decision import Decision
+    from policy.fingerprint import fingerprint, normalize
+
+    return Decision(action="deny", sql="", kind="unknown", reason=reason,
+                    fingerprint=fingerprint(sql), normalized=normalize(sql))
 
 
 def _denial(d: "Decision") -> bytes:

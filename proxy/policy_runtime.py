@@ -31,6 +31,7 @@ from policy.fingerprint import fingerprint
 from policy.grants import EMPTY_GRANTS, GrantSet
 from policy.masks import INSTALL_SQL
 from policy.rules import Policy, policy_from_dict
+from policy.names import parse_search_path
 from policy.template import literals, make_probe, make_template
 
 from .config import Settings
@@ -48,6 +49,17 @@ class CatalogState:
     loaded_at: float = 0.0
     error: str | None = None
     task: asyncio.Task | None = None
+
+
+class _Everyone(frozenset):
+    """An exempt-user set containing every user: classification without masking."""
+
+    def __contains__(self, item: object) -> bool:
+        return True
+
+
+_AUDIT_ONLY = Policy(exempt_users=_Everyone())
+_EMPTY_CATALOG = Catalog()
 
 
 class DecisionCache:
@@ -153,6 +165,54 @@ class PolicyRuntime:
                 task = self.ensure_catalog(database, force=True)
                 if task is not None:
                     await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------------ classification
+    def classify(self, sql: str, *, user: str, database: str,
+                 parameters: dict[str, str]) -> Decision:
+        """Kind, tables, fingerprint and literal-free text of a statement that is forwarded
+        as it is (exempt users, or no policy): what the audit log and metrics record."""
+        key = ("classify", sql, database)
+        d = self.cache.get(key)
+        if d is not None:
+            return d
+        lits = literals(sql)
+        tkey = None
+        if lits is not None and lits.spans:
+            try:
+                tkey = ("classify-fp", fingerprint(sql), database)
+            except Exception:  # noqa: BLE001
+                tkey = None
+            if tkey is not None:
+                d = self.cache.get(tkey)
+                if d is not None:
+                    return d
+        st = self.catalogs.get(database)
+        catalog = st.catalog if st is not None and st.catalog is not None else _EMPTY_CATALOG
+        path = parse_search_path(parameters.get("search_path", '"$user", public'))
+        try:
+            d = decide(sql, user=user, search_path=path, catalog=catalog, policy=_AUDIT_ONLY,
+                       grants=EMPTY_GRANTS, now=0.0, settings=None)
+        except Exception:  # noqa: BLE001 - classification never blocks a statement
+            d = self.unknown_statement()
+        self.cache.put(key, d)
+        if tkey is not None and not d.literal_dependent:
+            self.cache.put(tkey, d)
+        return d
+
+    @staticmethod
+    def unknown_statement() -> Decision:
+        return Decision(action="forward", sql="", kind="unknown", normalized="(unknown statement)")
+
+    def exposure(self, table: str) -> int | None:
+        """Rows a grant on ``table`` would expose: pg_class.reltuples, from any catalog."""
+        for st in self.catalogs.values():
+            if st.catalog is None:
+                continue
+            schema, _, name = table.partition(".")
+            rel = st.catalog.get(schema, name)
+            if rel is not None and getattr(rel, "reltuples", None) is not None:
+                return int(rel.reltuples)
+        return None
 
     # ------------------------------------------------------------------ grants
     def set_grants(self, grants: GrantSet) -> None:

@@ -29,10 +29,31 @@ def install_uvloop() -> bool:
 
 
 async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None,
-              cancel_key: bytes | None = None) -> None:
+              cancel_key: bytes | None = None, worker: int | None = None) -> None:
     from .admin import bound_port, start_admin
 
     server = ProxyServer(settings, cancel_key)
+    if settings.audit is not None:
+        from .audit.writer import AuditLog
+
+        audit_settings = settings.audit if worker is None else settings.audit.for_worker(worker)
+        server.audit = AuditLog(audit_settings)
+        await server.audit.start()
+        say(f"audit log: {audit_settings.sink} {audit_settings.path if audit_settings.sink == 'file' else ''}".rstrip())
+    if settings.jit is not None:
+        from .jit.service import JitService
+
+        from .audit.records import RESERVED
+
+        def on_event(kind: str, fields: dict) -> None:
+            if server.audit is not None:
+                server.audit.event(kind, {(f"jit_{k}" if k in RESERVED else k): v
+                                          for k, v in fields.items()})
+
+        server.jit = JitService(settings.jit, server.instance,
+                                on_change=server.policy.set_grants, on_event=on_event)
+        await server.jit.start()
+        server.policy.set_grants(server.jit.grant_set())
     await server.start(sock)
     refresher = asyncio.get_running_loop().create_task(server.policy.refresh_loop())
     for host, port in server.bound:
@@ -53,6 +74,10 @@ async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None,
         f"{sum(not s.is_idle() for s in server.sessions)} running statements")
     await server.shutdown(settings.proxy.shutdown_timeout)
     refresher.cancel()
+    if server.jit is not None:
+        await server.jit.close()
+    if server.audit is not None:
+        await server.audit.close()
     if runner is not None:
         await runner.cleanup()
     say("stopped")
@@ -73,7 +98,8 @@ def serve(settings: Settings, workers: int = 1) -> int:
         pid = os.fork()
         if pid == 0:
             try:
-                asyncio.run(run(settings, sock=sock, admin=(i == 0), cancel_key=cancel_key))
+                asyncio.run(run(settings, sock=sock, admin=(i == 0), cancel_key=cancel_key,
+                                worker=i))
             finally:
                 os._exit(0)
         children.append(pid)

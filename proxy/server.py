@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import logging
 import os
 import socket
@@ -12,6 +13,7 @@ import ssl
 
 from .config import Settings
 from .protocol import messages as m
+from .metrics import Metrics
 from .policy_runtime import PolicyRuntime
 from .session import Session
 from .tls import client_side_context, server_side_context
@@ -24,6 +26,11 @@ class ProxyServer:
         self.settings = settings
         self.policy = PolicyRuntime(settings)
         self.jit = None  # a JitService when [jit] is configured
+        self.audit = None  # an AuditLog when [audit] is configured
+        self.metrics = Metrics()
+        self.metrics.attach(self)
+        self.instance = f"{socket.gethostname()}:{os.getpid()}"
+        self._session_ids = itertools.count(1)
         self.sessions: set[Session] = set()
         self.client_tls: ssl.SSLContext | None = None
         if settings.proxy.tls_cert and settings.proxy.tls_key:
@@ -55,6 +62,9 @@ class ProxyServer:
         if self._server is None:
             return []
         return [s.getsockname()[:2] for s in self._server.sockets]
+
+    def new_session_id(self) -> str:
+        return f"{os.getpid():x}-{next(self._session_ids):x}"
 
     def approvers(self) -> frozenset[str]:
         if self.jit is None:
@@ -97,6 +107,7 @@ class ProxyServer:
     # ------------------------------------------------------------------ sessions
     def admit(self, session: Session) -> bool:
         self.connections_total += 1
+        self.metrics.connections_total.inc()
         if len(self.sessions) >= self.settings.proxy.max_connections:
             return False
         self.sessions.add(session)
@@ -116,6 +127,7 @@ class ProxyServer:
 
     def metrics_upstream_error(self) -> None:
         self.upstream_errors += 1
+        self.metrics.upstream_errors.inc()
 
     # ------------------------------------------------------------------ cancel
     # The secret a client gets is the upstream's secret XOR a pad derived from the backend PID
@@ -135,9 +147,9 @@ class ProxyServer:
         pad = self._pad(pid, len(upstream_secret))
         return bytes(a ^ b for a, b in zip(upstream_secret, pad))
 
-    def cancel(self, pid: int, secret: bytes) -> None:
+    def cancel(self, pid: int, secret: bytes) -> asyncio.Task:
         upstream_secret = self.client_cancel_secret(pid, secret)  # XOR is its own inverse
-        asyncio.get_running_loop().create_task(self._send_cancel(pid, upstream_secret))
+        return asyncio.get_running_loop().create_task(self._send_cancel(pid, upstream_secret))
 
     async def _send_cancel(self, pid: int, secret: bytes) -> None:
         up = self.settings.upstream

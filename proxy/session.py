@@ -22,11 +22,14 @@ import asyncio
 import logging
 import socket
 import ssl
+import time
 from typing import TYPE_CHECKING
 
-from .guard import Guard, NeedApproval, NeedCatalog
+from .audit.errors import AuditUnavailable
+from .guard import Guard, NeedApproval, NeedCatalog, NeedSync
 from .protocol import messages as m
 from .protocol.framer import MessageFramer, ProtocolViolation, RelayScanner, StartupFramer
+from .tracker import StatementTracker
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -36,9 +39,12 @@ log = logging.getLogger("pgveil.session")
 STARTUP, CONNECT, AUTH, READY, CLOSED = range(5)
 
 _Z, _E, _S, _K, _R, _V = b"ZESKRv"
-_X, _Q, _SYNC, _P = b"XQSP"
+_X, _Q, _SYNC, _P, _B, _EXEC, _CLOSE, _FUNC = b"XQSPBECF"
+_CC, _EMPTY, _SUSPENDED = b"CIs"
 #: Server messages the relay must look at once a session is ready.
 RELAY_INTERESTING = b"ZES"
+#: ... and when statements are tracked (audit): the answers that end a statement
+TRACKED_INTERESTING = b"ZESCIs"
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -95,6 +101,11 @@ class Session(asyncio.Protocol):
         self._client_paused = False
         self._task: asyncio.Task | None = None
         self.guard: Guard | None = None
+        self.tracker: StatementTracker | None = None
+        self.poisons: dict[str, bytes] = {}  # statements refused in-band without a guard
+        self._last_rid = 0
+        self._idle_waiters: list[asyncio.Future] = []
+        self.session_id = server.new_session_id()
         self.console = None  # a ConsoleHandler when the client opened the console database
         self._console_failed = False
         self._holding = False  # client bytes wait in _backlog while a statement is held
@@ -143,6 +154,8 @@ class Session(asyncio.Protocol):
             up.close()
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        if self.tracker is not None:
+            self.tracker.abandon()
         self.state = CLOSED
         self.server.release(self)
 
@@ -187,8 +200,10 @@ class Session(asyncio.Protocol):
             self.client.write(b"N")  # type: ignore[union-attr]
             return
         if isinstance(req, m.CancelRequest):
-            self.server.cancel(req.pid, req.secret)
-            self.close()
+            # close only once the upstream has the cancel: clients take the close to mean
+            # "the cancel has been processed" (libpq's PQcancel waits for it)
+            task = self.server.cancel(req.pid, req.secret)
+            task.add_done_callback(lambda _t: self.close())
             return
         self.startup = req
         params = req.params
@@ -335,10 +350,14 @@ class Session(asyncio.Protocol):
                     self.server.session_ready(self)
                     return
                 interesting = RELAY_INTERESTING
+                if self.server.audit is not None:
+                    self.tracker = StatementTracker(self._begin, self._end)
+                    interesting = TRACKED_INTERESTING
+                    self.server.policy.ensure_catalog(self.database)
                 if self.server.policy.masks(self.user):
                     self.guard = Guard(self.server.policy, self.user, self.database,
                                        self.parameters, self.settings.proxy.notice_masked)
-                    interesting = Guard.INTERESTING
+                    interesting = bytes(set(interesting) | set(Guard.INTERESTING))
                     task = self.server.policy.ensure_catalog(self.database)
                     if task is not None:
                         self._hold(task)
@@ -379,8 +398,9 @@ class Session(asyncio.Protocol):
             self._console_ready(data)
             return
         guard = self.guard
-        if guard is None:
-            buf, upto, n, terminate = self._frontend.feed_count(data, b"QS")
+        tracker = self.tracker
+        if guard is None and tracker is None:
+            buf, upto, n, terminate = self._frontend.feed_count(data)
             if upto:
                 self.pending += n
                 if terminate:
@@ -392,31 +412,83 @@ class Session(asyncio.Protocol):
             return
         out: list[bytes] = []
         last = 0
+        durable = 0  # the last audit intent to wait for (fsync = "always")
         for mtype, start, stop in spans:
             rep = None
             try:
                 if mtype == _Q:
-                    rep = guard.client_query(buf[start + 5 : stop])
-                    self.pending += 1
+                    t0 = time.perf_counter()
+                    if guard is not None:
+                        rep = guard.client_query(buf[start + 5 : stop])
+                        info = guard.last
+                    else:
+                        info = self._classify(m.decode_query(buf[start + 5 : stop]))
+                    if tracker is not None:
+                        try:
+                            tracker.query(info)
+                        except AuditUnavailable:
+                            rep = m.encode_query(self._poison(self._audit_down()))
+                        durable = self._last_rid
+                    self.server.metrics.added.observe(time.perf_counter() - t0)
                 elif mtype == _P:
-                    rep = guard.client_parse(buf[start + 5 : stop])
+                    if guard is not None:
+                        rep = guard.client_parse(buf[start + 5 : stop])
+                        info = guard.last
+                    else:
+                        parse = m.decode_parse(buf[start + 5 : stop])
+                        info = self._classify(parse.query)
+                    if tracker is not None:
+                        name = m.decode_parse_name(buf[start + 5 : stop])
+                        tracker.parse(name, info)
+                elif tracker is None:
+                    if mtype == _SYNC:
+                        if guard is not None and guard.path_dirty:
+                            guard.synced_since_dirty = True
+                    elif mtype == _X:
+                        self.terminated = True
+                elif mtype == _B:
+                    portal, stmt, _ = m.decode_bind_names(buf[start + 5 : stop])
+                    tracker.bind(portal, stmt)
+                elif mtype == _EXEC:
+                    try:
+                        tracker.execute(m.decode_execute_portal(buf[start + 5 : stop]),
+                                        self._unknown_statement)
+                    except AuditUnavailable:
+                        # refuse the batch: a Parse of a poison statement fails in-band
+                        rep = m.encode_parse(m.Parse("", self._poison(self._audit_down()), [])) + \
+                            buf[start:stop]
+                    durable = self._last_rid
                 elif mtype == _SYNC:
-                    self.pending += 1
+                    tracker.sync()
+                    if guard is not None and guard.path_dirty:
+                        guard.synced_since_dirty = True
+                elif mtype == _FUNC:
+                    tracker.function_call(self._unknown_statement())
+                elif mtype == _CLOSE:
+                    what, name = m.decode_describe_or_close(buf[start + 5 : stop])
+                    tracker.close(what, name)
                 elif mtype == _X:
                     self.terminated = True
-            except (NeedCatalog, NeedApproval) as exc:
+            except (NeedCatalog, NeedApproval, NeedSync) as exc:
                 # send what came before; hold this statement and the rest until the catalog
                 # is fresh, or the action's request is decided (or hold_seconds pass)
                 out.append(buf[last:start])
                 self._backlog = buf[start:upto] + self._frontend.take_buffered() + self._backlog
                 if isinstance(exc, NeedCatalog):
                     task = self.server.policy.ensure_catalog(self.database, force=True)
+                elif isinstance(exc, NeedSync):
+                    task = self._until_idle()
                 else:
                     task = asyncio.get_running_loop().create_task(
                         self.server.hold_for_approval(self, exc.decision))
                 if task is not None:
                     self._hold(task)
                 break
+            delta = self._frontend.ready_delta(mtype)
+            if delta:
+                self.pending += delta
+                if delta < 0 and tracker is not None:
+                    tracker.forget_syncs(-delta)
             if rep is not None:
                 out.append(buf[last:start])
                 out.append(rep)
@@ -424,8 +496,103 @@ class Session(asyncio.Protocol):
         else:
             out.append(buf[last:upto])
         data_out = b"".join(out)
-        if data_out:
-            self.upstream.write(data_out)  # type: ignore[union-attr]
+        if not data_out:
+            return
+        audit = self.server.audit
+        if durable and audit is not None and audit.wait_before_forward:
+            self._hold(asyncio.get_running_loop().create_task(
+                self._forward_when_durable(durable, data_out)))
+            return
+        self.upstream.write(data_out)  # type: ignore[union-attr]
+
+    def _until_idle(self) -> asyncio.Future:
+        """A future done once every statement sent so far has been answered."""
+        fut = asyncio.get_running_loop().create_future()
+        if self.pending == 0:
+            fut.set_result(None)
+        else:
+            self._idle_waiters.append(fut)
+        return fut
+
+    async def _forward_when_durable(self, rid: int, data: bytes) -> None:
+        from .audit.errors import AuditUnavailable as _Down
+
+        try:
+            await self.server.audit.durable(rid)  # type: ignore[union-attr]
+        except _Down:
+            log.error("audit record %d could not be made durable; statement sent anyway "
+                      "after its intent was queued", rid)
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.write(data)
+
+    # ------------------------------------------------------------------ audit and metrics
+    def _classify(self, sql: str):
+        """The decision record of a statement that is forwarded as it is (exempt users)."""
+        return self.server.policy.classify(sql, user=self.user, database=self.database,
+                                           parameters=self.parameters)
+
+    def _unknown_statement(self):
+        return self.server.policy.unknown_statement()
+
+    def _poison(self, error: bytes) -> str:
+        if self.guard is not None:
+            return self.guard._poison(error)
+        from .guard import POISON_PREFIX
+        import secrets
+
+        token = POISON_PREFIX + secrets.token_hex(8)
+        self.poisons[token] = error
+        return token
+
+    def _audit_down(self) -> bytes:
+        from policy.errors import render
+
+        self.server.metrics.denials.labels("audit_unavailable").inc()
+        sqlstate, message, hint = render("audit_unavailable")
+        return m.error_response(sqlstate, message, hint=hint)
+
+    def _begin(self, info, extended: bool) -> int:
+        """A statement is sent: count it and write its audit intent (may raise)."""
+        metrics = self.server.metrics
+        action = info.action
+        metrics.statements.labels(info.kind or "other", action).inc()
+        if action == "deny":
+            metrics.denials.labels(info.reason or "denied").inc()
+        if info.masked:
+            metrics.masked_columns.inc(len(info.masked))
+        if info.grants_used:
+            metrics.grant_uses.inc()
+            jit = self.server.jit
+            if jit is not None:
+                for gid in info.grants_used:
+                    jit.record_use(gid)
+        audit = self.server.audit
+        if audit is None:
+            return 0
+        rid = audit.intent({
+            "session": self.session_id, "client": self.peer, "user": self.user,
+            "database": self.database,
+            "application_name": self.parameters.get("application_name"),
+            "protocol": "extended" if extended else "simple",
+            "fingerprint": info.fingerprint, "normalized": info.normalized,
+            "decision": action, "kind": info.kind, "tables": list(info.tables),
+            "masked": [f"{t}.{c}" for t, c, _ in info.masked],
+            "grants": list(info.grants_used), "reason": info.reason,
+        })
+        self._last_rid = rid
+        return rid
+
+    def _end(self, running, executed: bool) -> None:
+        elapsed = time.perf_counter() - running.started
+        self.server.metrics.duration.observe(elapsed)
+        audit = self.server.audit
+        if audit is not None and running.ref:
+            audit.complete(running.ref, {
+                "rows": running.rows if executed else 0,
+                "duration_ms": round(elapsed * 1000, 3),
+                "sqlstate": running.sqlstate or ("00000" if executed else "skipped"),
+                "session": self.session_id,
+            })
 
     def _console_ready(self, data: bytes) -> None:
         """The console database: simple-protocol commands answered by pgveil itself."""
@@ -487,20 +654,42 @@ class Session(asyncio.Protocol):
         guard = self.guard
         out = None
         last = 0
+        tracker = self.tracker
         for mtype, start, stop in events:
+            replaced = False
             if mtype == _Z:
                 self.tx_status = buf[start + 5 : stop]
                 if self.pending:
                     self.pending -= 1
+                if tracker is not None:
+                    tracker.ready()
+            elif mtype == _CC:
+                if tracker is not None:
+                    tracker.command_complete(buf[start + 5 : stop])
+            elif mtype == _EMPTY or mtype == _SUSPENDED:
+                if tracker is not None:
+                    tracker.empty_or_suspended()
             elif mtype == _E:
-                if m.decode_fields(buf[start + 5 : stop]).get("V") in ("FATAL", "PANIC"):
+                fields = m.decode_fields(buf[start + 5 : stop])
+                if fields.get("V") in ("FATAL", "PANIC"):
                     self.upstream_fatal = True
+                if tracker is not None:
+                    tracker.error(fields.get("C", "XX000"))
+                if self.poisons:
+                    text = fields.get("M", "")
+                    for token in self.poisons:
+                        if token in text:
+                            if out is None:
+                                out = []
+                            out.append(buf[last:start])
+                            out.append(self.poisons.pop(token))
+                            last = stop
+                            replaced = True
+                            break
             elif mtype == _S:
                 name, value = m.decode_parameter_status(buf[start + 5 : stop])
                 self.parameters[name] = value
-                if guard is not None and name == "search_path":
-                    guard.path_override = None
-            if guard is not None:
+            if guard is not None and not replaced:
                 dropping = guard.blocking  # after a failed wire check: drop all but Z
                 rep = guard.server_message(mtype, buf[start:stop], self.pending == 0)
                 if dropping or rep is not None:
@@ -524,6 +713,11 @@ class Session(asyncio.Protocol):
             self.client.write(b"".join(out))  # type: ignore[union-attr]
         elif upto:
             self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+        if self.pending == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
         if self.drain_then_close and self.pending == 0:
             self.shutdown_now()
 

@@ -111,7 +111,7 @@ class ConsoleHandler:
                         "approved_by", "reason"], rows, f"SELECT {len(rows)}")
 
     async def _cancel(self, cmd) -> bytes:
-        req = await self.service.cancel(cmd.request_id, by=self.user)
+        req = await self.service.cancel(cmd.request_id, by=self.user, via="console")
         return _result(["request_id", "state"], [[req.to_dict()["id"], req.to_dict()["state"]]],
                        "CANCEL 1")
 
@@ -128,7 +128,7 @@ class ConsoleHandler:
         if self.user not in self.approvers:
             return _error("42501", f"pgveil: {self.user} is not an approver",
                           hint="Approvers are listed in [jit] approvers.")
-        req = await self.service.deny(cmd.request_id, self.user, cmd.reason)
+        req = await self.service.deny(cmd.request_id, self.user, cmd.reason, via="console")
         d = req.to_dict()
         return _result(["request_id", "state"], [[d["id"], d["state"]]], "DENY 1")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 

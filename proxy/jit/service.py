@@ -122,6 +122,8 @@ class JitService:
             asyncio.create_task(self._uses_flusher(), name="pgveil-jit-uses"),
         ]
         self._started = True
+        if not self.store.healthy:
+            self._emit_local("store.unavailable", {"instance": self.instance, "store": self.store.kind})
 
     async def close(self) -> None:
         for t in self._tasks:
@@ -216,10 +218,7 @@ class JitService:
             ev = self._waiters.get(request_id)
             if ev is None:
                 ev = self._waiters[request_id] = asyncio.Event()
-            try:
-                await asyncio.wait_for(ev.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await _wait_event(ev, timeout)
         return self._requests[request_id].copy()
 
     # -- requests ----------------------------------------------------------------------------
@@ -413,6 +412,7 @@ class JitService:
                 g.ended = g.ended or why
                 if won:
                     self._emit("grant.expired", g.to_dict())
+        self._prune(now)
         ttl = self.settings.request_ttl
         for r in list(self._requests.values()):
             if r.state == PENDING and now >= r.created_at + ttl:
@@ -422,6 +422,17 @@ class JitService:
                         self._emit("request.expired", new.to_dict())
                 except JitError:
                     return
+
+    def _prune(self, now: float) -> None:
+        """Forget decided requests and ended grants older than the history window."""
+        horizon = now - HISTORY_SECONDS
+        for rid in [r.id for r in self._requests.values()
+                    if r.state != PENDING and (r.decided_at or r.created_at) < horizon]:
+            del self._requests[rid]
+        for gid in [g.id for g in self._grants.values()
+                    if g.ended is not None and max(g.expires_at, g.revoked_at or 0) < horizon
+                    and g.id not in self._pending_uses and g.id not in self._inflight_uses]:
+            del self._grants[gid]
 
     # -- internals: rules --------------------------------------------------------------------
     def _require_store(self) -> None:
@@ -601,6 +612,8 @@ class JitService:
                 self._rebuild()
 
     def _on_health(self, ok: bool) -> None:
+        if not self._started:   # start() reports the initial state itself
+            return
         self._emit_local("store.available" if ok else "store.unavailable",
                          {"instance": self.instance, "store": self.store.kind})
 
@@ -615,10 +628,7 @@ class JitService:
             now = self.clock()
             nxt = min((g.expires_at for g in self._grants.values() if g.live(now)), default=math.inf)
             delay = min(MAX_SWEEP_INTERVAL, max(0.01, nxt - now))
-            try:
-                await asyncio.wait_for(self._sweep_wake.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
+            await _wait_event(self._sweep_wake, delay)
             self._sweep_wake.clear()
 
     async def _uses_flusher(self) -> None:
@@ -673,6 +683,19 @@ class JitService:
                 self.on_event(kind, fields)
             except Exception:
                 log.exception("JIT on_event callback failed")
+
+
+async def _wait_event(ev: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``ev`` up to ``timeout`` s. (Not ``asyncio.wait_for``: on Python 3.11 it can
+    swallow a cancellation that races with the event being set.)"""
+    if ev.is_set():
+        return True
+    waiter = asyncio.ensure_future(ev.wait())
+    try:
+        await asyncio.wait((waiter,), timeout=timeout)
+    finally:
+        waiter.cancel()
+    return ev.is_set()
 
 
 def _normalize(statement: str) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import aclosing
 from typing import Any, Awaitable, Callable
 
 import psycopg
@@ -53,7 +54,7 @@ class PostgresStore(Store):
         self._listener_task: asyncio.Task | None = None
         self._healthy = False
         self._closed = False
-        self._first_sync: asyncio.Future[None] | None = None
+        self._first_attempt: asyncio.Future[None] | None = None
         self._schema_ready = False
 
     # -- health ------------------------------------------------------------------------------
@@ -79,6 +80,22 @@ class PostgresStore(Store):
             application_name=f"pgveil-jit {self.origin}"[:63],
             **KEEPALIVES,
         )
+
+    async def _drop_writer(self) -> None:
+        async with self._lock:
+            w, self._writer = self._writer, None
+        if w is not None:
+            try:
+                await w.close()
+            except Exception:
+                pass
+
+    async def _read(self, fn: Callable[[psycopg.AsyncConnection], Awaitable[Any]]) -> Any:
+        """A read: retried once on a fresh connection (the old one may predate an outage)."""
+        try:
+            return await self._with_writer(fn, require_healthy=False)
+        except StoreUnavailable:
+            return await self._with_writer(fn, require_healthy=False)
 
     async def _with_writer(self, fn: Callable[[psycopg.AsyncConnection], Awaitable[Any]],
                            *, require_healthy: bool = True) -> Any:
@@ -121,17 +138,19 @@ class PostgresStore(Store):
         await self._with_writer(create, require_healthy=False)
 
     async def open(self) -> None:
-        """Start the listener and wait (a few seconds at most) for the first full sync.
+        """Start the listener and wait for its first attempt: a full sync, or a failure.
 
         An unreachable server does not raise: the store stays unhealthy (fail closed) and
-        the listener keeps trying."""
-        loop = asyncio.get_running_loop()
-        self._first_sync = loop.create_future()
+        the listener keeps trying in the background."""
+        self._first_attempt = asyncio.get_running_loop().create_future()
         self._listener_task = asyncio.create_task(self._listen(), name="pgveil-jit-listen")
-        try:
-            await asyncio.wait_for(asyncio.shield(self._first_sync), self.op_timeout * 2)
-        except asyncio.TimeoutError:
-            log.warning("JIT state store: listener not connected yet; failing closed until it is")
+        await asyncio.wait((self._first_attempt,), timeout=self.op_timeout * 3)
+        if not self._healthy:
+            log.warning("JIT state store unreachable at start; failing closed until it is back")
+
+    def _attempted(self) -> None:
+        if self._first_attempt is not None and not self._first_attempt.done():
+            self._first_attempt.set_result(None)
 
     async def close(self) -> None:
         self._closed = True
@@ -156,14 +175,16 @@ class PostgresStore(Store):
                 # Everything written before LISTEN took effect is read by the reload; anything
                 # after arrives as a notification (possibly both: re-reading is idempotent).
                 if self.on_reload:
-                    await self._reload_unlocked()
+                    await self.on_reload()
                 self._set_health(True)
-                if self._first_sync is not None and not self._first_sync.done():
-                    self._first_sync.set_result(None)
+                self._attempted()
                 backoff = BACKOFF_MIN
                 while not self._closed:
-                    async for n in conn.notifies(timeout=HEARTBEAT_SECONDS):
-                        await self._dispatch(n.payload)
+                    # aclosing: if a dispatch raises, the generator must still release the
+                    # connection (psycopg drops notifications while it is suspended).
+                    async with aclosing(conn.notifies(timeout=HEARTBEAT_SECONDS)) as gen:
+                        async for n in gen:
+                            await self._dispatch(n.payload)
                     await asyncio.wait_for(conn.execute("SELECT 1"), self.op_timeout)
             except asyncio.CancelledError:
                 raise
@@ -179,12 +200,10 @@ class PostgresStore(Store):
             if self._closed:
                 break
             self._set_health(False)
+            self._attempted()
+            await self._drop_writer()   # likely stale too: the next use reconnects
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BACKOFF_MAX)
-
-    async def _reload_unlocked(self) -> None:
-        assert self.on_reload is not None
-        await self.on_reload()
 
     async def _dispatch(self, payload: str) -> None:
         try:
@@ -193,6 +212,7 @@ class PostgresStore(Store):
             return
         if origin == self.origin or self.on_remote is None:
             return
+        log.debug("JIT change from %s: %s %s", origin, kind, ident)
         try:
             await self.on_remote(kind, ident)
         except StoreUnavailable:
@@ -212,7 +232,7 @@ class PostgresStore(Store):
                 "OR created_at >= %s ORDER BY created_at").format(self._t("grants")), [since, since])
             return reqs, [grant_from_row(g) for g in await cur.fetchall()]
 
-        return await self._with_writer(do, require_healthy=False)
+        return await self._read(do)
 
     async def get_request(self, request_id: str) -> Request | None:
         async def do(conn: psycopg.AsyncConnection) -> Request | None:
@@ -221,7 +241,7 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             return request_from_row(row) if row else None
 
-        return await self._with_writer(do, require_healthy=False)
+        return await self._read(do)
 
     async def get_grant(self, grant_id: str) -> GrantRecord | None:
         async def do(conn: psycopg.AsyncConnection) -> GrantRecord | None:
@@ -230,7 +250,7 @@ class PostgresStore(Store):
             row = await cur.fetchone()
             return grant_from_row(row) if row else None
 
-        return await self._with_writer(do, require_healthy=False)
+        return await self._read(do)
 
     # -- writes ------------------------------------------------------------------------------
     async def _insert(self, conn: psycopg.AsyncConnection, table: str, cols: str, row: list[Any]) -> None:

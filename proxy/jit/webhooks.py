@@ -75,8 +75,10 @@ def slack_text(kind: str, d: dict[str, Any]) -> str:
     """A one-line summary for chat (no values: names, scopes, ids and reasons only)."""
     from .durations import format_duration
 
-    rid, gid = d.get("id") if kind.startswith("request.") else d.get("request_id"), d.get("grant_id") or (
-        d.get("id") if kind.startswith("grant.") else None)
+    if kind.startswith("request."):
+        rid, gid = d.get("id"), d.get("grant_id")
+    else:
+        rid, gid = d.get("request_id"), d.get("id")
     dur = format_duration(d["duration_s"]) if d.get("duration_s") else None
     if kind == "request.created":
         auto = " (auto-approved)" if d.get("state") == "approved" else ""

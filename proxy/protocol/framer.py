@@ -69,10 +69,11 @@ class MessageFramer:
     as soon as its header arrives.
     """
 
-    __slots__ = ("_buf", "max_size", "valid_types")
+    __slots__ = ("_buf", "max_size", "valid_types", "syncs_since_execute")
 
     def __init__(self, max_size: int, valid_types: bytes | None = None) -> None:
         self._buf = b""
+        self.syncs_since_execute = 0
         self.max_size = max_size
         self.valid_types = valid_types
 
@@ -129,11 +130,12 @@ class MessageFramer:
         self._buf = buf[pos:] if pos < end else b""
         return buf, pos, spans
 
-    def feed_count(self, data: bytes, counted: bytes) -> tuple[bytes, int, int, bool]:
+    def feed_count(self, data: bytes) -> tuple[bytes, int, int, bool]:
         """The relay's fast path: ``(buf, upto, n, terminate)`` without a list of spans.
 
-        ``n`` counts whole messages whose type is in ``counted``; ``terminate`` says a
-        Terminate ('X') message was among them.
+        ``n`` is how many more ReadyForQuery messages the server will send for these
+        messages (see :func:`ready_delta`); ``terminate`` says a Terminate ('X') was among
+        them.
         """
         buf = self._buf + data if self._buf else data
         pos = 0
@@ -154,13 +156,42 @@ class MessageFramer:
             stop = pos + 1 + length
             if stop > end:
                 break
-            if mtype in counted:
+            if mtype == 81 or mtype == 83 or mtype == 70:  # Q S F: each answered by a Z
                 n += 1
-            elif mtype == 88:  # 'X'
+                if mtype == 83:
+                    self.syncs_since_execute += 1
+                else:
+                    self.syncs_since_execute = 0
+            elif mtype == 69:  # E
+                self.syncs_since_execute = 0
+            elif mtype == 99 or mtype == 102:  # c f: Syncs sent during copy-in were ignored
+                n -= self.syncs_since_execute
+                self.syncs_since_execute = 0
+            elif mtype == 88:  # X
                 terminate = True
             pos = stop
         self._buf = buf[pos:] if pos < end else b""
         return buf, pos, n, terminate
+
+    def ready_delta(self, mtype: int) -> int:
+        """The same accounting as :meth:`feed_count`, one message at a time.
+
+        Query, FunctionCall and Sync are each answered by one ReadyForQuery, except that
+        the server ignores a Sync that arrives in copy-in mode — i.e. one sent between the
+        Execute that started a COPY FROM STDIN and its CopyDone/CopyFail.
+        """
+        if mtype == 81 or mtype == 70:
+            self.syncs_since_execute = 0
+            return 1
+        if mtype == 83:
+            self.syncs_since_execute += 1
+            return 1
+        if mtype == 69:
+            self.syncs_since_execute = 0
+        elif mtype == 99 or mtype == 102:
+            n, self.syncs_since_execute = self.syncs_since_execute, 0
+            return -n
+        return 0
 
     def take_buffered(self) -> bytes:
         """Hand over (and forget) bytes of an incomplete message, e.g. to another framer."""

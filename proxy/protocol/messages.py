@@ -306,6 +306,17 @@ def encode_parse(p: Parse) -> bytes:
     )
 
 
+def decode_parse_name(body: bytes) -> str:
+    return _read_cstr(body, 0)[0]
+
+
+def decode_execute_portal(body: bytes) -> str:
+    portal, pos = _read_cstr(body, 0)
+    if pos + 4 != len(body):
+        raise ProtocolViolation("malformed Execute message")
+    return portal
+
+
 def decode_bind_names(body: bytes) -> tuple[str, str, int]:
     """Portal name, statement name, and where the rest of the Bind begins."""
     portal, pos = _read_cstr(body, 0)

@@ -11,6 +11,7 @@ as self-approval are shown there.
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,11 +22,12 @@ from . import render
 from .auth import Session
 from .common import (InputError, estimate_exposure, is_jit_error, jit_error_body, log,
                      parse_max_uses, to_dict)
-from .state import WebState, get_state
+from .state import get_state
 
 SESSION_COOKIE = "pgveil_session"
 LOGIN_COOKIE = "pgveil_login"
 MAX_FORM_BYTES = 16 * 1024
+_LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 #: The channel approvals from this page are recorded under. Not "console": to the JIT
 #: service that is the psql console, whose approvers come from ``[jit] approvers``; here the
 #: token's role has already been checked, as for the API.
@@ -133,7 +135,10 @@ async def index(request: web.Request) -> web.Response:
 
 def _login_page(request: web.Request, nonce: str, *, error: str | None = None,
                 status: int = 200) -> web.Response:
-    login_csrf = secrets.token_urlsafe(32)
+    # Reuse a pending sign-in token so two open sign-in tabs both work.
+    login_csrf = request.cookies.get(LOGIN_COOKIE) or ""
+    if not _LOGIN_TOKEN.fullmatch(login_csrf):
+        login_csrf = secrets.token_urlsafe(32)
     resp = html_response(render.page("pgveil · sign in",
                                       render.login(login_csrf=login_csrf, error=error),
                                       nonce=nonce), nonce=nonce, status=status)
