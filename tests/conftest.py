@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from helpers import ProxyProcess, build_dsn, make_self_signed_cert, unique_name
+from helpers import PgServer, ProxyProcess, make_self_signed_cert, unique_name
 
 # Test roles, one per authentication method, and their passwords.
 TEST_ROLES = {
@@ -48,49 +48,6 @@ host all all ::1/128 trust
 
 
 # -- the database --------------------------------------------------------------------------
-
-
-@dataclass
-class PgServer:
-    """Where the database is and how to log in to it."""
-
-    host: str
-    port: int
-    superuser: str
-    kind: str  # "embedded" | "external" | "docker"
-    dbname: str = "postgres"
-    superuser_password: str | None = field(default=None, repr=False)
-    extra: dict[str, str] = field(default_factory=dict)  # e.g. sslmode from PGVEIL_TEST_DSN
-    auth_methods: dict[str, str] = field(default_factory=dict, repr=False)  # role -> hba method arranged
-    handle: Any = field(default=None, repr=False)  # EmbeddedPostgres or the container
-
-    @property
-    def embedded(self) -> bool:
-        return self.kind == "embedded"
-
-    @property
-    def passwords(self) -> dict[str, str]:
-        pw = {}
-        if self.superuser_password:
-            pw[self.superuser] = self.superuser_password
-        return pw
-
-    def dsn(self, dbname: str | None = None, user: str | None = None, **extra: object) -> str:
-        user = user or self.superuser
-        if "password" not in extra and user in self.passwords:
-            extra["password"] = self.passwords[user]
-        for k, v in self.extra.items():
-            extra.setdefault(k, v)
-        extra.setdefault("connect_timeout", 10)
-        return build_dsn(self.host, self.port, dbname or self.dbname, user, **extra)
-
-    def connect(self, dbname: str | None = None, **kw: Any) -> psycopg.Connection:
-        return psycopg.connect(self.dsn(dbname), autocommit=True, **kw)
-
-    def execute(self, sql: str, params: Any = None, dbname: str | None = None) -> list[tuple]:
-        with self.connect(dbname) as conn:
-            cur = conn.execute(sql, params)
-            return cur.fetchall() if cur.description else []
 
 
 def _create_test_roles(server: PgServer) -> None:

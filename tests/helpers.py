@@ -29,8 +29,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
+import psycopg
 from psycopg.conninfo import make_conninfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -459,3 +460,49 @@ class RawConnection:
     def simple_query(self, sql: str) -> list[tuple[bytes, bytes]]:
         self.send(message(b"Q", sql.encode() + b"\0"))
         return self.read_until(b"Z")
+
+
+# -- the database under test ----------------------------------------------------------
+
+
+@dataclass
+class PgServer:
+    """Where the database is and how to log in to it."""
+
+    host: str
+    port: int
+    superuser: str
+    kind: str  # "embedded" | "external" | "docker"
+    dbname: str = "postgres"
+    superuser_password: str | None = field(default=None, repr=False)
+    extra: dict[str, str] = field(default_factory=dict)  # e.g. sslmode from PGVEIL_TEST_DSN
+    auth_methods: dict[str, str] = field(default_factory=dict, repr=False)  # role -> hba method arranged
+    handle: Any = field(default=None, repr=False)  # EmbeddedPostgres or the container
+
+    @property
+    def embedded(self) -> bool:
+        return self.kind == "embedded"
+
+    @property
+    def passwords(self) -> dict[str, str]:
+        pw = {}
+        if self.superuser_password:
+            pw[self.superuser] = self.superuser_password
+        return pw
+
+    def dsn(self, dbname: str | None = None, user: str | None = None, **extra: object) -> str:
+        user = user or self.superuser
+        if "password" not in extra and user in self.passwords:
+            extra["password"] = self.passwords[user]
+        for k, v in self.extra.items():
+            extra.setdefault(k, v)
+        extra.setdefault("connect_timeout", 10)
+        return build_dsn(self.host, self.port, dbname or self.dbname, user, **extra)
+
+    def connect(self, dbname: str | None = None, **kw: Any) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(dbname), autocommit=True, **kw)
+
+    def execute(self, sql: str, params: Any = None, dbname: str | None = None) -> list[tuple]:
+        with self.connect(dbname) as conn:
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []

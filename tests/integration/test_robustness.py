@@ -88,7 +88,7 @@ def test_query_after_idle_termination_fails(target, pg):
 @pytest.fixture
 def private_pg():
     """A PostgreSQL of our own, for tests that crash it (kill -9 restarts every backend)."""
-    from conftest import PgServer
+    from helpers import PgServer
     from proxy.embedded import EmbeddedPostgres, bin_dir
 
     epg = EmbeddedPostgres()
@@ -156,7 +156,7 @@ def test_upstream_backend_killed_with_sigkill(private_pg, pgveil_factory):
 
 def test_upstream_down_at_connect(pgveil_factory):
     from proxy.embedded import free_port
-    from conftest import PgServer
+    from helpers import PgServer
 
     nowhere = PgServer(host="127.0.0.1", port=free_port(), superuser="postgres", kind="external")
     proxy = pgveil_factory(upstream=nowhere)
