@@ -44,12 +44,14 @@ class Grant:
 class GrantSet:
     """The grants the proxy currently holds in memory, indexed by (user, table)."""
 
-    __slots__ = ("_by_key", "_actions")
+    __slots__ = ("_by_key", "_actions", "_by_id")
 
     def __init__(self, grants: Iterable[Grant] = ()) -> None:
         self._by_key: dict[tuple[str, str], list[Grant]] = {}
         self._actions: dict[tuple[str, str], list[Grant]] = {}
+        self._by_id: dict[str, Grant] = {}
         for g in grants:
+            self._by_id[g.id] = g
             if g.action is not None:
                 self._actions.setdefault((g.user, g.action), []).append(g)
             else:
@@ -70,6 +72,14 @@ class GrantSet:
             if g.live(now):
                 return g
         return None
+
+    def all_live(self, ids: Iterable[str], now: float) -> bool:
+        """Whether every grant in ``ids`` is still held and live."""
+        for gid in ids:
+            g = self._by_id.get(gid)
+            if g is None or not g.live(now):
+                return False
+        return True
 
     def for_user(self, user: str) -> bool:
         return any(k[0] == user for k in self._by_key)

@@ -31,6 +31,7 @@ from policy.names import parse_search_path
 from policy.scrub import scrub_error_fields
 
 from .protocol import messages as m
+from .statements import StatementMap
 
 if TYPE_CHECKING:
     from .policy_runtime import PolicyRuntime
@@ -60,7 +61,7 @@ class NeedSync(Exception):
 
 class Guard:
     #: server message types the relay must hand to :meth:`server_message`
-    INTERESTING = b"ZESTN"
+    INTERESTING = b"ZESTN13"
 
     def __init__(self, runtime: "PolicyRuntime", user: str, database: str,
                  parameters: dict[str, str], notice: bool = True) -> None:
@@ -85,6 +86,7 @@ class Guard:
         # what RESET / SET … TO DEFAULT return to: the value the server reported at startup
         self.default_path = parse_search_path(parameters.get("search_path", '"$user", public'))
         self.held: dict[str, tuple[str, str]] = {}  # approval key -> (request id, state)
+        self.stmts = StatementMap()
 
     # ------------------------------------------------------------------ client side
     def _decide(self, sql: str, extended: bool = False) -> "Decision | bytes":
@@ -227,6 +229,8 @@ class Guard:
     def client_parse(self, body: bytes) -> bytes | None:
         p = m.decode_parse(body)
         d = self._decide(p.query, extended=True)
+        kept = d if not isinstance(d, bytes) and d.action in ("forward", "rewrite") else None
+        self.stmts.parsed(p.name, p.query, p.param_types, kept)
         if isinstance(d, bytes):
             return m.encode_parse(m.Parse(p.name, self._poison(d), p.param_types))
         if d.action == "approval":
@@ -239,10 +243,66 @@ class Guard:
             return m.encode_parse(m.Parse(p.name, d.sql, p.param_types))
         return m.encode_parse(m.Parse(p.name, self._poison(_denial(d)), p.param_types))
 
+    def _grants_ended(self, decision) -> bool:
+        return bool(decision is not None and decision.grants_used
+                    and not self.runtime.grants.all_live(decision.grants_used, time.time()))
+
+    def client_bind(self, body: bytes) -> bytes | None:
+        """Bind: re-prepare its statement if a grant it was prepared under has ended."""
+        portal, stmt, _ = m.decode_bind_names(body)
+        sm = self.stmts
+        sm.portals[portal] = stmt
+        p = sm.prepared.get(stmt)
+        if p is None:
+            return None
+        if self._grants_ended(p.decision):
+            d = self._decide(p.query, extended=True)
+            if isinstance(d, bytes):
+                text = self._poison(d)
+                p.decision = None
+            elif d.action not in ("forward", "rewrite"):
+                text = self._poison(_denial(d) if d.action == "deny" else self._approval(d))
+                p.decision = None
+            elif _shape_changes(p.decision, d):
+                text = self._poison(m.error_response(
+                    "0A000", "pgveil: cached plan must not change result type",
+                    hint="A grant this statement was prepared under has ended and a column it "
+                         "returned is stripped now; prepare the statement again."))
+                p.decision = None
+            else:
+                text = d.sql if d.action == "rewrite" else p.query
+                p.decision = d
+            return sm.reprepare(stmt, text) + m.encode_bind_with_statement(body, p.upstream)
+        if p.upstream != stmt:
+            return m.encode_bind_with_statement(body, p.upstream)
+        return None
+
+    def client_execute(self, body: bytes) -> bytes | None:
+        """Execute: a portal bound under a grant that has ended is closed first."""
+        portal = m.decode_execute_portal(body)
+        stmt = self.stmts.portals.get(portal)
+        if stmt is None:
+            return None
+        p = self.stmts.prepared.get(stmt)
+        if p is not None and self._grants_ended(p.decision):
+            return self.stmts.close_portal(portal) + m.msg(b"E", body)
+        return None
+
+    def client_describe(self, body: bytes) -> bytes | None:
+        what, name = m.decode_describe_or_close(body)
+        return self.stmts.describing(what, name)
+
+    def client_close(self, body: bytes) -> bytes | None:
+        what, name = m.decode_describe_or_close(body)
+        return self.stmts.closing(what, name)
+
     # ------------------------------------------------------------------ server side
     def server_message(self, mtype: int, msg: bytes, idle: bool) -> bytes | None:
         """Replacement for one whole server message (b"" drops it), or None to keep it."""
+        if mtype == 49 or mtype == 51:  # ParseComplete, CloseComplete
+            return b"" if self.stmts.answered(mtype) else None
         if mtype == _Z:
+            self.stmts.ready()
             self.blocking = False
             if idle:
                 self.path_dirty = False  # the server has reported any change by now
@@ -323,6 +383,12 @@ def sensitive_columns(catalog, policy) -> dict[int, dict[int, tuple[str, str, tu
             also = tuple(catalog.relations[o].qualified for o, _ in cm.via if o in catalog.relations)
             out.setdefault(oid, {})[cm.column.attnum] = (rel.qualified, name, also)
     return out
+
+
+def _shape_changes(before, after) -> bool:
+    """A column the old plan returned is stripped in the new one."""
+    was = {(t, c) for t, c, k in (before.masked if before is not None else ()) if k == "strip"}
+    return any(k == "strip" and (t, c) not in was for t, c, k in after.masked)
 
 
 def _synthetic(sql: str, reason: str) -> "Decision":

@@ -39,7 +39,7 @@ log = logging.getLogger("pgveil.session")
 STARTUP, CONNECT, AUTH, READY, CLOSED = range(5)
 
 _Z, _E, _S, _K, _R, _V = b"ZESKRv"
-_X, _Q, _SYNC, _P, _B, _EXEC, _CLOSE, _FUNC = b"XQSPBECF"
+_X, _Q, _SYNC, _P, _B, _EXEC, _CLOSE, _FUNC, _DESCRIBE = b"XQSPBECFD"
 _CC, _EMPTY, _SUSPENDED = b"CIs"
 #: Server messages the relay must look at once a session is ready.
 RELAY_INTERESTING = b"ZES"
@@ -430,6 +430,8 @@ class Session(asyncio.Protocol):
                             rep = m.encode_query(self._poison(self._audit_down()))
                         durable = self._last_rid
                     self.server.metrics.added.observe(time.perf_counter() - t0)
+                    if guard is not None:
+                        guard.stmts.end_batch()
                 elif mtype == _P:
                     if guard is not None:
                         rep = guard.client_parse(buf[start + 5 : stop])
@@ -440,33 +442,47 @@ class Session(asyncio.Protocol):
                     if tracker is not None:
                         name = m.decode_parse_name(buf[start + 5 : stop])
                         tracker.parse(name, info)
-                elif tracker is None:
-                    if mtype == _SYNC:
-                        if guard is not None and guard.path_dirty:
-                            guard.synced_since_dirty = True
-                    elif mtype == _X:
-                        self.terminated = True
                 elif mtype == _B:
-                    portal, stmt, _ = m.decode_bind_names(buf[start + 5 : stop])
-                    tracker.bind(portal, stmt)
+                    if guard is not None:
+                        rep = guard.client_bind(buf[start + 5 : stop])
+                    if tracker is not None:
+                        portal, stmt, _ = m.decode_bind_names(buf[start + 5 : stop])
+                        tracker.bind(portal, stmt)
+                        if rep is not None and guard is not None:  # re-prepared: new decision
+                            prepared = guard.stmts.prepared.get(stmt)
+                            if prepared is not None and prepared.decision is not None:
+                                tracker.parse(stmt, prepared.decision)
                 elif mtype == _EXEC:
-                    try:
-                        tracker.execute(m.decode_execute_portal(buf[start + 5 : stop]),
-                                        self._unknown_statement)
-                    except AuditUnavailable:
-                        # refuse the batch: a Parse of a poison statement fails in-band
-                        rep = m.encode_parse(m.Parse("", self._poison(self._audit_down()), [])) + \
-                            buf[start:stop]
-                    durable = self._last_rid
+                    if guard is not None:
+                        rep = guard.client_execute(buf[start + 5 : stop])
+                    if tracker is not None:
+                        try:
+                            tracker.execute(m.decode_execute_portal(buf[start + 5 : stop]),
+                                            self._unknown_statement)
+                        except AuditUnavailable:
+                            # refuse the batch: a Parse of a poison statement fails in-band
+                            rep = m.encode_parse(m.Parse("", self._poison(self._audit_down()),
+                                                         [])) + buf[start:stop]
+                        durable = self._last_rid
                 elif mtype == _SYNC:
-                    tracker.sync()
-                    if guard is not None and guard.path_dirty:
-                        guard.synced_since_dirty = True
-                elif mtype == _FUNC:
-                    tracker.function_call(self._unknown_statement())
+                    if tracker is not None:
+                        tracker.sync()
+                    if guard is not None:
+                        guard.stmts.end_batch()
+                        if guard.path_dirty:
+                            guard.synced_since_dirty = True
                 elif mtype == _CLOSE:
-                    what, name = m.decode_describe_or_close(buf[start + 5 : stop])
-                    tracker.close(what, name)
+                    if guard is not None:
+                        rep = guard.client_close(buf[start + 5 : stop])
+                    if tracker is not None:
+                        what, name = m.decode_describe_or_close(buf[start + 5 : stop])
+                        tracker.close(what, name)
+                elif mtype == _DESCRIBE:
+                    if guard is not None:
+                        rep = guard.client_describe(buf[start + 5 : stop])
+                elif mtype == _FUNC:
+                    if tracker is not None:
+                        tracker.function_call(self._unknown_statement())
                 elif mtype == _X:
                     self.terminated = True
             except (NeedCatalog, NeedApproval, NeedSync) as exc:
@@ -487,8 +503,11 @@ class Session(asyncio.Protocol):
             delta = self._frontend.ready_delta(mtype)
             if delta:
                 self.pending += delta
-                if delta < 0 and tracker is not None:
-                    tracker.forget_syncs(-delta)
+                if delta < 0:
+                    if tracker is not None:
+                        tracker.forget_syncs(-delta)
+                    if guard is not None:
+                        guard.stmts.batch += delta
             if rep is not None:
                 out.append(buf[last:start])
                 out.append(rep)
