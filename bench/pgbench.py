@@ -28,6 +28,7 @@ class Workload:
     setup_sql: str | None = None  # run once, directly on the database, after pgbench -i
     pgveil_config: dict = field(default_factory=dict)  # merged into each pgveil target's TOML
     modes: tuple[str, ...] = MODES  # query modes this workload makes sense in
+    script: str | None = None  # a built-in pgbench script; "@name" in args is its file
 
 
 WORKLOADS: dict[str, Workload] = {
@@ -36,8 +37,27 @@ WORKLOADS: dict[str, Workload] = {
         description="pgbench built-in select-only: one SELECT by primary key on pgbench_accounts",
         args=("-S",),
     ),
-    # A later issue adds "masked": a custom script selecting masked columns by primary key,
-    # with setup_sql creating the table and pgveil_config holding the policy that masks it.
+    # Selecting masked columns by primary key. Compare target "pgveil-masked" (a policy masks
+    # ssn and email for the bench user) with "pgveil" (no policy) on this same workload.
+    "masked": Workload(
+        name="masked",
+        description="SELECT id, name, email, ssn FROM bench_customers WHERE id = :id "
+                    "(100k rows; ssn redacted, email masked in pgveil-masked)",
+        args=("-f", "@masked"),
+        setup_sql="""
+DROP TABLE IF EXISTS bench_customers;
+CREATE TABLE bench_customers (id int PRIMARY KEY, name text NOT NULL, email text, ssn text,
+                              card_number text);
+INSERT INTO bench_customers
+  SELECT g, 'name ' || g, 'user' || g || '@example.com',
+         lpad((g % 900 + 100)::text, 3, '0') || '-' || lpad((g % 90 + 10)::text, 2, '0') || '-'
+           || lpad((g % 9000 + 1000)::text, 4, '0'),
+         '4000' || lpad(g::text, 12, '0')
+  FROM generate_series(1, 100000) g;
+ANALYZE bench_customers;
+""",
+        script="\\set id random(1, 100000)\nSELECT id, name, email, ssn FROM bench_customers WHERE id = :id;\n",
+    ),
 }
 
 
@@ -99,9 +119,19 @@ def command(
         "-c", str(clients),
         "-j", str(threads),
         "-T", str(duration),
-        *workload.args,
+        *[script_file(workload) if a.startswith("@") else a for a in workload.args],
         dsn,
     ]
+
+
+def script_file(workload: Workload) -> str:
+    """Write a built-in workload's pgbench script to a temporary file; its path."""
+    import tempfile
+
+    path = Path(tempfile.gettempdir()) / f"pgveil-bench-{workload.name}.sql"
+    if not path.exists() or path.read_text() != workload.script:
+        path.write_text(workload.script or "")
+    return str(path)
 
 
 def run(argv: list[str], duration: int) -> RunResult:

@@ -32,6 +32,7 @@ from bench import machine, pgbench, report
 from bench.pgbench import MODES, WORKLOADS, Workload
 from bench.server import Database, EmbeddedServer, from_dsn
 from bench.targets import (
+    OPTIONAL_VARIANTS,
     PGVEIL_VARIANTS,
     Direct,
     Pgbouncer,
@@ -167,7 +168,7 @@ def build_targets(args: argparse.Namespace, workloads: list[Workload]) -> tuple[
         with open(file, "rb") as f:
             known[name] = Pgveil(name, deep_merge(workload_config, tomllib.load(f)), args.workers)
 
-    names = args.targets or list(known)
+    names = args.targets or [n for n in known if n not in OPTIONAL_VARIANTS]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"unknown target(s) {unknown}; known: {', '.join(known)}")

@@ -38,7 +38,20 @@ LOOPBACK = "127.0.0.1"
 # base config. "pgveil" is the default one.
 PGVEIL_VARIANTS: dict[str, dict] = {
     "pgveil": {},
+    # the bench user is masked: ssn redacted and email masked on bench_customers ("masked")
+    "pgveil-masked": {"policy": {
+        "exempt_users": [],
+        "mask": [
+            {"table": "public.bench_customers", "column": "ssn", "mask": "redact"},
+            {"table": "public.bench_customers", "column": "email", "mask": "email"},
+        ],
+    }},
+    # every statement audited: intent + completion records, group-committed (fsync = batch)
+    "pgveil-audit": {"audit": {"path": "audit.jsonl", "key_file": "audit.key",
+                               "fsync": "batch"}},
 }
+#: variants run only when named with --targets
+OPTIONAL_VARIANTS = frozenset({"pgveil-masked", "pgveil-audit"})
 
 
 class Target:
@@ -200,14 +213,23 @@ def _toml_value(v: object) -> str:
     raise TypeError(f"cannot write {type(v).__name__} to TOML")
 
 
+def _is_table_array(v: object) -> bool:
+    return isinstance(v, (list, tuple)) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
 def to_toml(doc: dict, prefix: str = "") -> str:
-    """Write nested dicts of scalars and lists as TOML (tables after plain keys)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items() if not isinstance(v, dict)]
+    """Write nested dicts of scalars, lists and lists of tables as TOML (tables last)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items()
+             if not isinstance(v, dict) and not _is_table_array(v)]
     for k, v in doc.items():
+        name = f"{prefix}.{k}" if prefix else k
         if isinstance(v, dict):
-            name = f"{prefix}.{k}" if prefix else k
             lines.append(f"\n[{name}]")
             lines.append(to_toml(v, name))
+        elif _is_table_array(v):
+            for item in v:
+                lines.append(f"\n[[{name}]]")
+                lines.append(to_toml(item, name))
     return "\n".join(line for line in lines if line)
 
 

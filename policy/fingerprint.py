@@ -44,6 +44,42 @@ def normalize(sql: str) -> str:
     return " ".join(out)
 
 
+TEMPLATE_LITERALS: frozenset[str] = frozenset({"SCONST", "ICONST", "FCONST"})
+
+
+def scan(sql: str) -> tuple[str, tuple[tuple[int, int, str], ...] | None]:
+    """One pass of the scanner: ``(fingerprint, literal spans)``.
+
+    The spans (start, stop, token class) are None when a literal is of a class that cannot
+    be templated (bit strings, U& strings): see :mod:`policy.template`.
+    """
+    try:
+        toks = pg_parser.scan(sql)
+    except Exception:
+        return hashlib.blake2b(b"<unscannable statement>", digest_size=16).hexdigest(), None
+    out: list[str] = []
+    spans: list[tuple[int, int, str]] | None = []
+    for t in toks:
+        name = t.name
+        if name in COMMENT_TOKENS:
+            continue
+        if name in LITERAL_TOKENS:
+            out.append("?")
+            if spans is not None:
+                if name in TEMPLATE_LITERALS:
+                    spans.append((t.start, t.end + 1, name))
+                else:
+                    spans = None
+            continue
+        text = sql[t.start : t.end + 1]
+        if name == "IDENT" and text.startswith('"') or name == "UIDENT":
+            out.append(text)
+        else:
+            out.append(text.lower())
+    fp = hashlib.blake2b(" ".join(out).encode("utf-8"), digest_size=16).hexdigest()
+    return fp, (tuple(spans) if spans is not None else None)
+
+
 def fingerprint(sql: str) -> str:
     """A stable, literal-free fingerprint (32 hex digits) of ``sql``."""
     return hashlib.blake2b(normalize(sql).encode("utf-8"), digest_size=16).hexdigest()

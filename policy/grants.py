@@ -82,7 +82,9 @@ class GrantSet:
         return True
 
     def for_user(self, user: str) -> bool:
-        return any(k[0] == user for k in self._by_key)
+        """Whether ``user`` holds any grant (columns or actions): decisions then depend on it."""
+        return any(k[0] == user for k in self._by_key) or any(
+            k[0] == user for k in self._actions)
 
 
 EMPTY_GRANTS = GrantSet()

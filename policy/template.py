@@ -35,6 +35,10 @@ class Literals:
         return tuple(c for _, _, c in self.spans)
 
 
+def literals_from_spans(spans) -> Literals | None:
+    return Literals(spans) if spans is not None else None
+
+
 def literals(sql: str) -> Literals | None:
     """The literal tokens of ``sql``, or None if it has a literal that cannot be templated."""
     try:

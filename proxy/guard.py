@@ -87,6 +87,9 @@ class Guard:
         self.default_path = parse_search_path(parameters.get("search_path", '"$user", public'))
         self.held: dict[str, tuple[str, str]] = {}  # approval key -> (request id, state)
         self.stmts = StatementMap()
+        self._path_raw: str | None = None
+        self._path: tuple[str, ...] = ()
+        self._t_ok: dict[bytes, tuple] = {}  # RowDescriptions already checked, per versions
 
     # ------------------------------------------------------------------ client side
     def _decide(self, sql: str, extended: bool = False) -> "Decision | bytes":
@@ -100,7 +103,10 @@ class Guard:
                 "pipeline batch",
                 hint="pgveil resolves table names with the search_path the server reports; "
                      "send Sync after SET search_path before the next statement.")
-        path = parse_search_path(self.parameters.get("search_path", '"$user", public'))
+        raw_path = self.parameters.get("search_path", '"$user", public')
+        if raw_path != self._path_raw:
+            self._path_raw, self._path = raw_path, parse_search_path(raw_path)
+        path = self._path
         try:
             d = self.runtime.decide(sql, user=self.user, database=self.database,
                                     search_path=path, settings=self.parameters)
@@ -345,6 +351,21 @@ class Guard:
         sensitive = self._sensitive_columns()
         if not sensitive:
             return None
+        versions = (self._sensitive_version, self.runtime.grants_version)
+        if self._t_ok.get(msg) == versions:
+            return None  # the same result shape passed the check under the same grants
+        verdict = self._check_fields(msg, sensitive)
+        if verdict is None and not self._has_time_bound_grants():
+            if len(self._t_ok) > 256:
+                self._t_ok.clear()
+            self._t_ok[msg] = versions
+        return verdict
+
+    def _has_time_bound_grants(self) -> bool:
+        # a grant can expire without a version change: only cache when none covers this user
+        return self.runtime.grants.for_user(self.user)
+
+    def _check_fields(self, msg: bytes, sensitive) -> bytes | None:
         now = time.time()
         grants = self.runtime.grants
         for f in m.decode_row_description(msg[5:]):
@@ -405,7 +426,19 @@ def _denial(d: "Decision") -> bytes:
                             hint=d.hint)
 
 
+_NOTICES: dict[tuple, bytes] = {}
+
+
 def _masked_notice(d: "Decision") -> bytes:
+    hit = _NOTICES.get(d.masked)
+    if hit is None:
+        if len(_NOTICES) > 1024:
+            _NOTICES.clear()
+        hit = _NOTICES[d.masked] = _build_notice(d)
+    return hit
+
+
+def _build_notice(d: "Decision") -> bytes:
     by_table: dict[str, list[str]] = {}
     for table, column, _kind in d.masked:
         cols = by_table.setdefault(table, [])

@@ -18,7 +18,6 @@ per process holds:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -27,12 +26,12 @@ from dataclasses import dataclass
 
 from policy.catalog import CATALOG_QUERY, Catalog
 from policy.decision import Decision, decide
-from policy.fingerprint import fingerprint
+from policy.fingerprint import scan
 from policy.grants import EMPTY_GRANTS, GrantSet
 from policy.masks import INSTALL_SQL
 from policy.rules import Policy, policy_from_dict
 from policy.names import parse_search_path
-from policy.template import literals, make_probe, make_template
+from policy.template import literals_from_spans, make_probe, make_template
 
 from .config import Settings
 
@@ -175,17 +174,12 @@ class PolicyRuntime:
         d = self.cache.get(key)
         if d is not None:
             return d
-        lits = literals(sql)
-        tkey = None
-        if lits is not None and lits.spans:
-            try:
-                tkey = ("classify-fp", fingerprint(sql), database)
-            except Exception:  # noqa: BLE001
-                tkey = None
-            if tkey is not None:
-                d = self.cache.get(tkey)
-                if d is not None:
-                    return d
+        fp, spans = scan(sql)
+        tkey = ("classify-fp", fp, database) if spans else None
+        if tkey is not None:
+            d = self.cache.get(tkey)
+            if d is not None:
+                return d
         st = self.catalogs.get(database)
         catalog = st.catalog if st is not None and st.catalog is not None else _EMPTY_CATALOG
         path = parse_search_path(parameters.get("search_path", '"$user", public'))
@@ -234,13 +228,9 @@ class PolicyRuntime:
         d = self.cache.get(key)
         if d is not None:
             return d
-        lits = literals(sql)
-        tkey = None
-        if lits is not None and lits.spans:
-            try:
-                tkey = ("fp", fingerprint(sql), context)
-            except Exception:  # noqa: BLE001 - unfingerprintable text is decided uncached
-                tkey = None
+        fp, spans = scan(sql)
+        lits = literals_from_spans(spans)
+        tkey = ("fp", fp, context) if lits is not None and lits.spans else None
         if tkey is not None:
             hit = self.cache.get(tkey)
             if hit is not None:
@@ -248,8 +238,9 @@ class PolicyRuntime:
                 if d is not None:
                     return d
         d = self._decide(sql, user, search_path, catalog, settings)
-        if d.grants_used:
-            return d  # a grant can end at any moment: decided per statement, never cached
+        if d.grants_used or d.action == "approval":
+            # a grant can end (or an approval arrive) at any moment: decided per statement
+            return d
         self.cache.put(key, d)
         if tkey is not None and not d.literal_dependent:
             if d.action == "forward" and d.cache_by_fingerprint:
@@ -283,4 +274,7 @@ def _from_template(hit, sql: str, lits) -> Decision | None:
     text = tpl.fill(sql, lits)
     if text is None:
         return None
-    return dataclasses.replace(pd, sql=text)
+    d = object.__new__(Decision)  # dataclasses.replace, without re-running __init__
+    d.__dict__.update(pd.__dict__)
+    d.__dict__["sql"] = text
+    return d
