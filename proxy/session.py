@@ -19,6 +19,7 @@ Life of a session::
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import ssl
@@ -105,6 +106,7 @@ class Session(asyncio.Protocol):
         self.poisons: dict[str, bytes] = {}  # statements refused in-band without a guard
         self._last_rid = 0
         self._idle_waiters: list[asyncio.Future] = []
+        self._audit_frag: bytes | None = None
         self.session_id = server.new_session_id()
         self.console = None  # a ConsoleHandler when the client opened the console database
         self._console_failed = False
@@ -122,7 +124,7 @@ class Session(asyncio.Protocol):
         return self.startup.params.get("database") or self.user
 
     # ------------------------------------------------------------------ client socket events
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # noqa: D102
         self.client = transport  # type: ignore[assignment]
         _nodelay(transport)
         peer = transport.get_extra_info("peername")
@@ -588,30 +590,32 @@ class Session(asyncio.Protocol):
         audit = self.server.audit
         if audit is None:
             return 0
-        rid = audit.intent({
-            "session": self.session_id, "client": self.peer, "user": self.user,
-            "database": self.database,
-            "application_name": self.parameters.get("application_name"),
-            "protocol": "extended" if extended else "simple",
-            "fingerprint": info.fingerprint, "normalized": info.normalized,
-            "decision": action, "kind": info.kind, "tables": list(info.tables),
-            "masked": [f"{t}.{c}" for t, c, _ in info.masked],
-            "grants": list(info.grants_used), "reason": info.reason,
-        })
+        rid = audit.intent_encoded(self._session_fragment() + (
+            b'"protocol":"extended",' if extended else b'"protocol":"simple",') +
+            statement_fragment(info))
         self._last_rid = rid
         return rid
+
+    def _session_fragment(self) -> bytes:
+        frag = self._audit_frag
+        if frag is None:
+            frag = self._audit_frag = json.dumps({
+                "session": self.session_id, "client": self.peer, "user": self.user,
+                "database": self.database,
+                "application_name": self.parameters.get("application_name") or None,
+            }, ensure_ascii=False, separators=(",", ":"))[1:-1].encode() + b","
+        return frag
 
     def _end(self, running, executed: bool) -> None:
         elapsed = time.perf_counter() - running.started
         self.server.metrics.duration.observe(elapsed)
         audit = self.server.audit
         if audit is not None and running.ref:
-            audit.complete(running.ref, {
-                "rows": running.rows if executed else 0,
-                "duration_ms": round(elapsed * 1000, 3),
-                "sqlstate": running.sqlstate or ("00000" if executed else "skipped"),
-                "session": self.session_id,
-            })
+            sqlstate = running.sqlstate or ("00000" if executed else "skipped")
+            audit.complete_encoded(running.ref, b'"rows":%d,"duration_ms":%.3f,"sqlstate":"%s",'
+                                   b'"session":"%s"' % (running.rows if executed else 0,
+                                                       elapsed * 1000, sqlstate.encode(),
+                                                       self.session_id.encode()))
 
     def _console_ready(self, data: bytes) -> None:
         """The console database: simple-protocol commands answered by pgveil itself."""
@@ -764,3 +768,23 @@ class Session(asyncio.Protocol):
             self.upstream.close()
         self.state = CLOSED
 
+
+
+_FRAGMENTS: dict[tuple, bytes] = {}
+
+
+def statement_fragment(info) -> bytes:
+    """The audit JSON members of a statement decision, cached by what they contain."""
+    key = (info.fingerprint, info.action, info.kind, info.tables, info.masked, info.grants_used,
+           info.reason)
+    frag = _FRAGMENTS.get(key)
+    if frag is None:
+        if len(_FRAGMENTS) > 4096:
+            _FRAGMENTS.clear()
+        frag = _FRAGMENTS[key] = json.dumps({
+            "fingerprint": info.fingerprint, "normalized": info.normalized,
+            "decision": info.action, "kind": info.kind, "tables": list(info.tables),
+            "masked": [f"{t}.{c}" for t, c, _ in info.masked],
+            "grants": list(info.grants_used), "reason": info.reason,
+        }, ensure_ascii=False, separators=(",", ":"))[1:-1].encode()
+    return frag

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import itertools
 import logging
 import os
@@ -64,6 +65,7 @@ class AuditLog:
         self._sealer = Sealer(key)
         self._sink = sink if sink is not None else make_sink(settings, self._sealer)
         self._fail_closed = settings.on_failure == "fail_closed"
+        self._instance_json = json.dumps(settings.instance, ensure_ascii=False).encode()
         self._literals = settings.include_literals
         # chain state (of the last *enqueued* record)
         self._next_seq = 1
@@ -207,6 +209,42 @@ class AuditLog:
             return 0
         data = fields.to_fields() if isinstance(fields, StatementResult) else dict(fields)
         return self._enqueue("complete", {"rid": rid, **data})
+
+    # -- the hot path: records from pre-encoded JSON fragments ---------------------------------
+    def intent_encoded(self, fragment: bytes) -> int:
+        """Like :meth:`intent`, for a body already encoded as JSON members (``"k":v,...``,
+        no braces, no reserved keys, no literal fields). The session caches the fragments
+        of its own fields and of each statement, so a record costs no ``json.dumps``."""
+        if not self.healthy and self._fail_closed:
+            raise AuditUnavailable(self.last_error or "")
+        return self._enqueue_encoded(b"intent", fragment)
+
+    def complete_encoded(self, rid: int, fragment: bytes) -> int:
+        if rid <= 0:
+            return 0
+        return self._enqueue_encoded(b"complete", b'"rid":%d,' % rid + fragment)
+
+    def _enqueue_encoded(self, type_: bytes, fragment: bytes) -> int:
+        if (not self._opened or self._closing or self._unreported_drops
+                or len(self._queue) >= self.settings.max_pending):
+            if self._unreported_drops and self._opened and not self._closing and len(
+                    self._queue) < self.settings.max_pending:
+                count, self._unreported_drops = self._unreported_drops, 0
+                self._append("event", {"event": "records_dropped", "count": count})
+            else:
+                self.dropped += 1
+                self._unreported_drops += 1
+                return 0
+        seq = self._next_seq
+        body = b'{"seq":%d,"ts":"%s","instance":%s,"type":"%s",%s,"prev":"%s"}' % (
+            seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment,
+            self._prev.encode())
+        line = body[:-1] + b',"mac":"' + self._sealer.mac(body).encode() + b'"}'
+        self._prev = line_hash(line)
+        self._next_seq = seq + 1
+        self._queue.append((seq, line, time.monotonic()))
+        self._wake.set()
+        return seq
 
     def event(self, kind: str, fields: Mapping[str, Any] | None = None, /, *,
               must: bool = False, **more: Any) -> int:
