@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import secrets
 import tempfile
 from importlib import resources
 from pathlib import Path
@@ -28,6 +30,8 @@ def demo(port: int = 6432, admin_port: int = 8433) -> int:
         say("loading the sample schema (database 'demo') ...")
         pg.psql("CREATE DATABASE demo")
         pg.psql(resources.files(__package__).joinpath("schema.sql").read_text(), dbname="demo")
+        token = secrets.token_urlsafe(24)
+        token_sha = hashlib.sha256(token.encode()).hexdigest()
         cert, key = workdir / "server.crt", workdir / "server.key"
         make_self_signed(cert, key)
         config = workdir / "pgveil.toml"
@@ -47,9 +51,19 @@ sslmode = "disable"
 [admin]
 listen = "127.0.0.1:{admin_port}"
 
+[[admin.tokens]]
+name = "boss"
+token_sha256 = "{token_sha}"
+role = "admin"
+
 [policy]
 exempt_users = ["postgres"]
 trusted_functions = []
+
+[[policy.action]]
+name = "bulk-write"
+statements = ["delete", "update"]
+when = "no_where"
 
 [[policy.mask]]
 table = "public.customers"
@@ -76,6 +90,17 @@ mask = "year"
 table = "public.*"
 column = "*password*"
 mask = "strip"
+
+[jit]
+approvers = ["boss"]
+hold_seconds = 30
+
+[state]
+url = "sqlite:///{workdir}/state.db"
+
+[audit]
+path = "{workdir}/audit.jsonl"
+key_file = "{workdir}/audit.key"
 """
         )
         settings = parse_settings(config.read_text(), str(config))
@@ -86,8 +111,15 @@ mask = "strip"
             print(f"\n    psql \"host=127.0.0.1 port={port} dbname=demo user=analyst "
                   f"password=analyst sslmode=require\"\n", flush=True)
             print("    then try:  SELECT * FROM customers LIMIT 3;   (masked for analyst)\n"
-                  f"    and as the exempt superuser: psql \"host=127.0.0.1 port={port} "
-                  "dbname=demo user=postgres sslmode=require\"\n", flush=True)
+                  f"    ask for access: psql \"host=127.0.0.1 port={port} dbname=pgveil "
+                  "user=analyst password=analyst sslmode=require\"\n"
+                  "      REQUEST ACCESS TO public.customers (ssn) FOR '30 minutes' "
+                  "BECAUSE 'INC-1';\n"
+                  f"    approve on http://127.0.0.1:{admin_port}/ with the token {token}\n"
+                  f"      or: PGVEIL_TOKEN={token} pgveil approve <request id> "
+                  f"--url http://127.0.0.1:{admin_port}\n"
+                  f"    audit log: {workdir}/audit.jsonl (pgveil audit verify {workdir}/"
+                  f"audit.jsonl --key {workdir}/audit.key)\n", flush=True)
             print("    (the TLS certificate is self-signed; use sslmode=disable with a psql "
                   "built without SSL)\n\nPress Ctrl-C to stop.", flush=True)
 

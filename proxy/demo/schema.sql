@@ -31,5 +31,6 @@ INSERT INTO orders SELECT g, 1 + g % 200, (g * 7.25)::numeric(10,2), 'order ' ||
 FROM generate_series(1, 1000) g;
 
 CREATE ROLE analyst LOGIN PASSWORD 'analyst';
+CREATE ROLE boss LOGIN PASSWORD 'boss';
 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO analyst;
 ANALYZE;
