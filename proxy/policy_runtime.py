@@ -170,17 +170,18 @@ class PolicyRuntime:
                  parameters: dict[str, str]) -> Decision:
         """Kind, tables, fingerprint and literal-free text of a statement that is forwarded
         as it is (exempt users, or no policy): what the audit log and metrics record."""
-        key = ("classify", sql, database)
+        st = self.catalogs.get(database)
+        version = st.version if st is not None else 0
+        key = ("classify", sql, database, version)
         d = self.cache.get(key)
         if d is not None:
             return d
         fp, spans = scan(sql)
-        tkey = ("classify-fp", fp, database) if spans else None
+        tkey = ("classify-fp", fp, database, version) if spans else None
         if tkey is not None:
             d = self.cache.get(tkey)
             if d is not None:
                 return d
-        st = self.catalogs.get(database)
         catalog = st.catalog if st is not None and st.catalog is not None else _EMPTY_CATALOG
         path = parse_search_path(parameters.get("search_path", '"$user", public'))
         try:

@@ -107,6 +107,7 @@ class Session(asyncio.Protocol):
         self._last_rid = 0
         self._idle_waiters: list[asyncio.Future] = []
         self._audit_frag: bytes | None = None
+        self._unclassified = server.metrics.statements.labels("unclassified", "forward")
         self.session_id = server.new_session_id()
         self.console = None  # a ConsoleHandler when the client opened the console database
         self._console_failed = False
@@ -352,7 +353,7 @@ class Session(asyncio.Protocol):
                     self.server.session_ready(self)
                     return
                 interesting = RELAY_INTERESTING
-                if self.server.audit is not None:
+                if self.server.audit is not None or self.server.policy.policy is not None:
                     self.tracker = StatementTracker(self._begin, self._end)
                     interesting = TRACKED_INTERESTING
                     self.server.policy.ensure_catalog(self.database)
@@ -404,6 +405,8 @@ class Session(asyncio.Protocol):
         if guard is None and tracker is None:
             buf, upto, n, terminate = self._frontend.feed_count(data)
             if upto:
+                if n > 0:
+                    self._unclassified.inc(n)  # no policy, no audit: not classified
                 self.pending += n
                 if terminate:
                     self.terminated = True
@@ -426,15 +429,17 @@ class Session(asyncio.Protocol):
                     else:
                         info = self._classify(m.decode_query(buf[start + 5 : stop]))
                     if tracker is not None:
+                        self._last_rid = 0
                         try:
-                            tracker.query(info)
+                            tracker.query(info, self._raw_if_logged(buf[start + 5 : stop]))
                         except AuditUnavailable:
                             rep = m.encode_query(self._poison(self._audit_down()))
-                        durable = self._last_rid
+                        durable = self._last_rid or durable
                     self.server.metrics.added.observe(time.perf_counter() - t0)
                     if guard is not None:
                         guard.stmts.end_batch()
                 elif mtype == _P:
+                    t0 = time.perf_counter()
                     if guard is not None:
                         rep = guard.client_parse(buf[start + 5 : stop])
                         info = guard.last
@@ -442,14 +447,20 @@ class Session(asyncio.Protocol):
                         parse = m.decode_parse(buf[start + 5 : stop])
                         info = self._classify(parse.query)
                     if tracker is not None:
-                        name = m.decode_parse_name(buf[start + 5 : stop])
-                        tracker.parse(name, info)
+                        body = buf[start + 5 : stop]
+                        if self._logs_literals():
+                            parsed = m.decode_parse(body)
+                            tracker.parse(parsed.name, info, parsed.query)
+                        else:
+                            tracker.parse(m.decode_parse_name(body), info)
+                    self.server.metrics.added.observe(time.perf_counter() - t0)
                 elif mtype == _B:
                     if guard is not None:
                         rep = guard.client_bind(buf[start + 5 : stop])
                     if tracker is not None:
                         portal, stmt, _ = m.decode_bind_names(buf[start + 5 : stop])
-                        tracker.bind(portal, stmt)
+                        tracker.bind(portal, stmt, m.decode_bind_values(buf[start + 5 : stop])
+                                     if self._logs_literals() else None)
                         if rep is not None and guard is not None:  # re-prepared: new decision
                             prepared = guard.stmts.prepared.get(stmt)
                             if prepared is not None and prepared.decision is not None:
@@ -458,6 +469,7 @@ class Session(asyncio.Protocol):
                     if guard is not None:
                         rep = guard.client_execute(buf[start + 5 : stop])
                     if tracker is not None:
+                        self._last_rid = 0
                         try:
                             tracker.execute(m.decode_execute_portal(buf[start + 5 : stop]),
                                             self._unknown_statement)
@@ -465,7 +477,7 @@ class Session(asyncio.Protocol):
                             # refuse the batch: a Parse of a poison statement fails in-band
                             rep = m.encode_parse(m.Parse("", self._poison(self._audit_down()),
                                                          [])) + buf[start:stop]
-                        durable = self._last_rid
+                        durable = self._last_rid or durable
                 elif mtype == _SYNC:
                     if tracker is not None:
                         tracker.sync()
@@ -539,14 +551,33 @@ class Session(asyncio.Protocol):
         from .audit.errors import AuditUnavailable as _Down
 
         try:
-            await self.server.audit.durable(rid)  # type: ignore[union-attr]
+            ok = await self.server.audit.durable(rid)  # type: ignore[union-attr]
         except _Down:
-            log.error("audit record %d could not be made durable; statement sent anyway "
-                      "after its intent was queued", rid)
+            ok = False
+            if self.server.audit.settings.on_failure == "fail_closed":  # type: ignore[union-attr]
+                # the intent is not durable: the statement must not run (fail closed)
+                from policy.errors import render
+
+                sqlstate, message, hint = render("audit_unavailable")
+                self.server.metrics.denials.labels("audit_unavailable").inc()
+                self.fatal(sqlstate, message, hint=hint)
+                return
+        if not ok:
+            log.warning("audit record %d is not durable (on_failure = continue)", rid)
         if self.upstream is not None and not self.upstream.is_closing():
             self.upstream.write(data)
 
     # ------------------------------------------------------------------ audit and metrics
+    def _logs_literals(self) -> bool:
+        audit = self.server.audit
+        return audit is not None and audit.settings.include_literals
+
+    def _raw_if_logged(self, body: bytes) -> str | None:
+        audit = self.server.audit
+        if audit is not None and audit.settings.include_literals:
+            return m.decode_query(body)
+        return None
+
     def _classify(self, sql: str):
         """The decision record of a statement that is forwarded as it is (exempt users)."""
         return self.server.policy.classify(sql, user=self.user, database=self.database,
@@ -572,8 +603,23 @@ class Session(asyncio.Protocol):
         sqlstate, message, hint = render("audit_unavailable")
         return m.error_response(sqlstate, message, hint=hint)
 
-    def _begin(self, info, extended: bool) -> int:
-        """A statement is sent: count it and write its audit intent (may raise)."""
+    def _begin(self, info, extended: bool, raw: str | None = None) -> int:
+        """A statement is sent: write its audit intent (may raise), then count it."""
+        audit = self.server.audit
+        rid = 0
+        if audit is not None:
+            frag = self._session_fragment() + (
+                b'"protocol":"extended",' if extended else b'"protocol":"simple",') + \
+                statement_fragment(info)
+            if raw is not None and audit.settings.include_literals:
+                if isinstance(raw, dict):  # extended: the Parse text and the Bind values
+                    frag += b',"sql":' + json.dumps(raw.get("sql"), ensure_ascii=False).encode()
+                    frag += b',"params":' + json.dumps(raw.get("params"),
+                                                       ensure_ascii=False).encode()
+                else:
+                    frag += b',"sql":' + json.dumps(raw, ensure_ascii=False).encode()
+            rid = audit.intent_encoded(frag)
+            self._last_rid = rid
         metrics = self.server.metrics
         action = info.action
         metrics.statements.labels(info.kind or "other", action).inc()
@@ -587,13 +633,6 @@ class Session(asyncio.Protocol):
             if jit is not None:
                 for gid in info.grants_used:
                     jit.record_use(gid)
-        audit = self.server.audit
-        if audit is None:
-            return 0
-        rid = audit.intent_encoded(self._session_fragment() + (
-            b'"protocol":"extended",' if extended else b'"protocol":"simple",') +
-            statement_fragment(info))
-        self._last_rid = rid
         return rid
 
     def _session_fragment(self) -> bytes:
@@ -696,22 +735,23 @@ class Session(asyncio.Protocol):
                 fields = m.decode_fields(buf[start + 5 : stop])
                 if fields.get("V") in ("FATAL", "PANIC"):
                     self.upstream_fatal = True
-                if tracker is not None:
-                    tracker.error(fields.get("C", "XX000"))
-                if self.poisons:
+                sqlstate = fields.get("C", "XX000")
+                if self.poisons or (guard is not None and guard.poisons):
                     text = fields.get("M", "")
-                    for token in self.poisons:
-                        if token in text:
+                    for poisons in (self.poisons, guard.poisons if guard is not None else {}):
+                        token = next((t for t in poisons if t in text), None)
+                        if token is not None:
+                            mine = poisons.pop(token)
                             if out is None:
                                 out = []
                             out.append(buf[last:start])
-                            out.append(self.poisons.pop(token))
+                            out.append(mine)
                             last = stop
                             replaced = True
+                            sqlstate = m.decode_fields(mine[5:]).get("C", sqlstate)
                             break
-            elif mtype == _S:
-                name, value = m.decode_parameter_status(buf[start + 5 : stop])
-                self.parameters[name] = value
+                if tracker is not None:
+                    tracker.error(sqlstate)
             if guard is not None and not replaced:
                 dropping = guard.blocking  # after a failed wire check: drop all but Z
                 rep = guard.server_message(mtype, buf[start:stop], self.pending == 0)

@@ -38,9 +38,9 @@ def rows_of(tag: bytes) -> int:
 
 
 class StatementTracker:
-    __slots__ = ("begin", "end", "queue", "prepared", "portals", "failed")
+    __slots__ = ("begin", "end", "queue", "prepared", "portals", "failed", "raw")
 
-    def __init__(self, begin: Callable[[Any, bool], Any],
+    def __init__(self, begin: Callable[[Any, bool, Any], Any],
                  end: Callable[[Running, bool], None]) -> None:
         self.begin = begin  # (info, extended) -> ref
         self.end = end  # (running, executed) -> None
@@ -48,16 +48,22 @@ class StatementTracker:
         self.prepared: dict[str, Any] = {}
         self.portals: dict[str, str] = {}
         self.failed = False  # an error was seen since the last Sync
+        self.raw: dict[tuple[str, str], Any] = {}  # include_literals: texts and parameters
 
     # ------------------------------------------------------------------ client messages
-    def query(self, info: Any) -> None:
-        self.queue.append(Running(self.begin(info, False), info, False, time.perf_counter()))
+    def query(self, info: Any, raw: str | None = None) -> None:
+        self.queue.append(Running(self.begin(info, False, raw), info, False,
+                                  time.perf_counter()))
 
-    def parse(self, name: str, info: Any) -> None:
+    def parse(self, name: str, info: Any, raw: str | None = None) -> None:
         self.prepared[name] = info
+        if raw is not None:
+            self.raw[("S", name)] = raw
 
-    def bind(self, portal: str, statement: str) -> None:
+    def bind(self, portal: str, statement: str, params: list | None = None) -> None:
         self.portals[portal] = statement
+        if params is not None:
+            self.raw[("P", portal)] = params
 
     def close(self, what: str, name: str) -> None:
         if what == "S":
@@ -66,10 +72,15 @@ class StatementTracker:
             self.portals.pop(name, None)
 
     def execute(self, portal: str, unknown: Callable[[], Any]) -> None:
-        info = self.prepared.get(self.portals.get(portal, ""), None)
+        stmt = self.portals.get(portal, "")
+        info = self.prepared.get(stmt, None)
         if info is None:
             info = unknown()
-        self.queue.append(Running(self.begin(info, True), info, True, time.perf_counter()))
+        raw = None
+        if self.raw:
+            raw = {"sql": self.raw.get(("S", stmt)), "params": self.raw.get(("P", portal))}
+        self.queue.append(Running(self.begin(info, True, raw), info, True,
+                                  time.perf_counter()))
 
     def sync(self) -> None:
         self.queue.append(_SYNC)
@@ -86,7 +97,8 @@ class StatementTracker:
 
     def function_call(self, info: Any) -> None:
         """A FunctionCall message: answered like a simple Query."""
-        self.queue.append(Running(self.begin(info, False), info, False, time.perf_counter()))
+        self.queue.append(Running(self.begin(info, False, None), info, False,
+                                  time.perf_counter()))
 
     # ------------------------------------------------------------------ server messages
     def _head(self) -> Running | None:

@@ -324,6 +324,32 @@ def decode_bind_names(body: bytes) -> tuple[str, str, int]:
     return portal, stmt, pos
 
 
+def decode_bind_values(body: bytes) -> list[str | None]:
+    """A Bind's parameter values: text as text, binary as hex (only for include_literals)."""
+    _, _, pos = decode_bind_names(body)
+    try:
+        (nfmt,) = _I16.unpack_from(body, pos)
+        pos += 2
+        fmts = list(struct.unpack_from(f"!{nfmt}h", body, pos))
+        pos += 2 * nfmt
+        (n,) = _I16.unpack_from(body, pos)
+        pos += 2
+        out: list[str | None] = []
+        for i in range(n):
+            (ln,) = _I32.unpack_from(body, pos)
+            pos += 4
+            if ln < 0:
+                out.append(None)
+                continue
+            value = body[pos : pos + ln]
+            pos += ln
+            fmt = fmts[i] if len(fmts) > 1 else (fmts[0] if fmts else 0)
+            out.append(value.decode("utf-8", "replace") if fmt == 0 else "\\x" + value.hex())
+        return out
+    except struct.error as exc:
+        raise ProtocolViolation("malformed Bind message") from exc
+
+
 def encode_bind_with_statement(body: bytes, statement: str) -> bytes:
     """Re-emit a Bind with a different statement name, parameters untouched."""
     portal, _, rest = decode_bind_names(body)
