@@ -73,6 +73,9 @@ class GrantSet:
                 return g
         return None
 
+    def get(self, gid: str) -> Grant | None:
+        return self._by_id.get(gid)
+
     def all_live(self, ids: Iterable[str], now: float) -> bool:
         """Whether every grant in ``ids`` is still held and live."""
         for gid in ids:

@@ -87,6 +87,9 @@ class Guard:
         self.default_path = parse_search_path(parameters.get("search_path", '"$user", public'))
         self.held: dict[str, tuple[str, str]] = {}  # approval key -> (request id, state)
         self.stmts = StatementMap()
+        # grants used by statements sent and not yet answered: a single-use grant leaves the
+        # live set as soon as its statement is sent, but that statement's own result must pass
+        self.inflight: list = []
         self._path_raw: str | None = None
         self._path: tuple[str, ...] = ()
         self._t_ok: dict[bytes, tuple] = {}  # RowDescriptions already checked, per versions
@@ -199,6 +202,11 @@ class Guard:
     def _after_decision(self, d: "Decision") -> None:
         if d.masked and self.notice:
             self.outbox.append(_masked_notice(d))
+        if d.grants_used:
+            for gid in d.grants_used:
+                g = self.runtime.grants.get(gid)
+                if g is not None:
+                    self.inflight.append(g)
 
     def _approval(self, d: "Decision") -> bytes:
         """An approval decision: hold once (raise), then answer with the request's state."""
@@ -279,6 +287,11 @@ class Guard:
                 text = d.sql if d.action == "rewrite" else p.query
                 p.decision = d
             return sm.reprepare(stmt, text) + m.encode_bind_with_statement(body, p.upstream)
+        if p.decision is not None and p.decision.grants_used:
+            for gid in p.decision.grants_used:
+                g = self.runtime.grants.get(gid)
+                if g is not None:
+                    self.inflight.append(g)
         if p.upstream != stmt:
             return m.encode_bind_with_statement(body, p.upstream)
         return None
@@ -311,6 +324,7 @@ class Guard:
             self.stmts.ready()
             self.blocking = False
             if idle:
+                self.inflight.clear()
                 self.path_dirty = False  # the server has reported any change by now
                 if msg[5:6] == b"I":
                     self.tx_path_change = False
@@ -380,7 +394,8 @@ class Guard:
             table, column, also = hit
             if grants.covers(self.user, table, column, now) or any(
                 grants.covers(self.user, t, column, now) for t in also
-            ):
+            ) or any(g.table in (table, *also) and ("*" in g.columns or column in g.columns)
+                     for g in self.inflight):
                 continue
             log.error("wire check: unmasked sensitive column %s.%s in a result; rows withheld",
                       table, column)
