@@ -160,7 +160,9 @@ def build_targets(args: argparse.Namespace, workloads: list[Workload]) -> tuple[
     if args.pgbouncer_transaction:
         known["pgbouncer-txn"] = Pgbouncer("pgbouncer-txn", "transaction", pool)
     for name, cfg in PGVEIL_VARIANTS.items():
-        known[name] = Pgveil(name, deep_merge(workload_config, cfg), args.workers)
+        cfg = dict(cfg)
+        workers = cfg.pop("_workers", None) or args.workers
+        known[name] = Pgveil(name, deep_merge(workload_config, cfg), workers)
     for spec in args.pgveil_variant:
         name, sep, file = spec.partition("=")
         if not sep or not name:

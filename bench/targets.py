@@ -38,6 +38,8 @@ LOOPBACK = "127.0.0.1"
 # base config. "pgveil" is the default one.
 PGVEIL_VARIANTS: dict[str, dict] = {
     "pgveil": {},
+    # two processes sharing the port (SO_REUSEPORT), as on a 2-core machine one would run it
+    "pgveil-w2": {"_workers": 2},
     # the bench user is masked: ssn redacted and email masked on bench_customers ("masked")
     "pgveil-masked": {"policy": {
         "exempt_users": [],

@@ -16,8 +16,6 @@ processes and sockets, not about mocking:
 
 from __future__ import annotations
 
-import datetime as _dt
-import ipaddress
 import os
 import signal
 import socket
@@ -95,39 +93,11 @@ def build_dsn(host: str, port: int, dbname: str, user: str, **extra: object) -> 
 
 def make_self_signed_cert(directory: Path, hostnames: Iterable[str] = ("localhost",)) -> tuple[Path, Path]:
     """Write ``server.crt``/``server.key`` (self-signed, valid for 127.0.0.1 and localhost)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from proxy.tls import make_self_signed
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pgveil-test")])
-    now = _dt.datetime.now(_dt.timezone.utc)
-    san = [x509.DNSName(h) for h in hostnames] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(san), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     directory.mkdir(parents=True, exist_ok=True)
-    cert_path = directory / "server.crt"
-    key_path = directory / "server.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
+    cert_path, key_path = directory / "server.crt", directory / "server.key"
+    make_self_signed(cert_path, key_path, [*hostnames, "127.0.0.1"])
     return cert_path, key_path
 
 

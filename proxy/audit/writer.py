@@ -49,6 +49,7 @@ from .sinks import Sink, make_sink
 log = logging.getLogger("pgveil.audit")
 
 MAX_BATCH_RECORDS = 10_000
+BATCH_DELAY = 0.005  # fsync = "batch": seconds a group commit waits for more records
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 STALL_SECONDS = 30.0            # a sink that has not acknowledged anything for this long is unhealthy
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
@@ -65,6 +66,7 @@ class AuditLog:
         self._sealer = Sealer(key)
         self._sink = sink if sink is not None else make_sink(settings, self._sealer)
         self._fail_closed = settings.on_failure == "fail_closed"
+        self._batch_delay = BATCH_DELAY if settings.fsync == "batch" else 0.0
         self._instance_json = json.dumps(settings.instance, ensure_ascii=False).encode()
         self._literals = settings.include_literals
         # chain state (of the last *enqueued* record)
@@ -329,6 +331,11 @@ class AuditLog:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            if (self._batch_delay and not self._closing and not self._waiters
+                    and len(self._queue) < MAX_BATCH_RECORDS):
+                # group commit: let a few milliseconds of records gather, so one write and
+                # one fsync serve many statements instead of one or two
+                await asyncio.sleep(self._batch_delay)
             batch: list[bytes] = []
             nbytes = 0
             for seq, line, _ in self._queue:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import struct
 
-_HDR = struct.Struct("!cI")  # kept for readers; hot paths use int.from_bytes
 _LEN = struct.Struct("!I")
+_u32 = _LEN.unpack_from  # the hot loops read message lengths with this
 
 #: PostgreSQL refuses startup packets larger than this (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_PACKET = 10000
@@ -78,28 +78,9 @@ class MessageFramer:
         self.valid_types = valid_types
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        buf = self._buf + data if self._buf else data
-        out: list[tuple[int, bytes]] = []
-        pos = 0
-        end = len(buf)
-        valid = self.valid_types
-        maxsz = self.max_size
-        while end - pos >= 5:
-            mtype = buf[pos]
-            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
-            if valid is not None and mtype not in valid:
-                raise ProtocolViolation(f"invalid message type 0x{mtype:02x}")
-            if length < 4 or length > maxsz:
-                raise ProtocolViolation(
-                    f"invalid length {length} for message type {chr(mtype)!r}"
-                )
-            stop = pos + 1 + length
-            if stop > end:
-                break
-            out.append((mtype, buf[pos:stop]))
-            pos = stop
-        self._buf = buf[pos:] if pos < end else b""
-        return out
+        """Whole messages as ``(type, raw)``; ``raw`` includes the 5-byte header."""
+        buf, _, spans = self.feed_spans(data)
+        return [(mtype, buf[a:b]) for mtype, a, b in spans]
 
     def feed_spans(self, data: bytes) -> tuple[bytes, int, list[tuple[int, int, int]]]:
         """Like :meth:`feed`, without copying: ``(buf, upto, spans)``.
@@ -115,7 +96,7 @@ class MessageFramer:
         maxsz = self.max_size
         while end - pos >= 5:
             mtype = buf[pos]
-            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            length = _u32(buf, pos + 1)[0]
             if valid is not None and mtype not in valid:
                 raise ProtocolViolation(f"invalid message type 0x{mtype:02x}")
             if length < 4 or length > maxsz:
@@ -146,7 +127,7 @@ class MessageFramer:
         terminate = False
         while end - pos >= 5:
             mtype = buf[pos]
-            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            length = _u32(buf, pos + 1)[0]
             if valid is not None and mtype not in valid:
                 raise ProtocolViolation(f"invalid message type 0x{mtype:02x}")
             if length < 4 or length > maxsz:
@@ -240,7 +221,7 @@ class RelayScanner:
         maxsz = self.max_size
         while end - pos >= 5:
             mtype = data[pos]
-            length = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            length = _u32(data, pos + 1)[0]
             if length < 4 or length > maxsz:
                 raise ProtocolViolation(f"invalid length {length} for message type {chr(mtype)!r}")
             stop = pos + 1 + length

@@ -8,8 +8,6 @@ screenshots somewhere stable for a person to look at.
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -17,53 +15,24 @@ import pytest
 
 from .conftest import LiveServer
 
-CHROMIUM = os.environ.get("PGVEIL_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("PGVEIL_CHROMEDRIVER", "/usr/bin/chromedriver")
+import chromium
 
-if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-    pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} "
-                "(apt-get install chromium chromium-driver)", allow_module_level=True)
-webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+chromium.require()
 
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support import expected_conditions as EC  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
-def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    monkeypatch.setenv("SE_OFFLINE", "true")  # never let Selenium Manager fetch anything
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", "--window-size=1280,1400",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        opts.add_argument(flag)
-    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
-    driver = webdriver.Chrome(service=service, options=opts)
-    driver.set_page_load_timeout(20)
-    try:
+def browser(tmp_path: Path) -> Iterator[object]:
+    with chromium.browser(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def _shot(driver, tmp_path: Path, name: str) -> Path:
-    path = tmp_path / name
-    assert driver.save_screenshot(str(path))
-    data = path.read_bytes()
-    assert data[:8] == PNG_MAGIC and len(data) > 1000
-    keep = os.environ.get("PGVEIL_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(keep) / name)
-    return path
+    return chromium.screenshot(driver, tmp_path, name)
 
 
 def _submit(driver, button) -> str:

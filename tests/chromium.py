@@ -1,0 +1,69 @@
+"""Headless Chromium for the page tests: Debian's chromium + chromedriver through Selenium.
+
+Selenium Manager is never used (both paths are given and ``SE_OFFLINE`` is set), so nothing
+is downloaded. A module that needs the browser calls :func:`require` at import: it skips with
+the reason when a piece is missing. ``PGVEIL_SCREENSHOT_DIR`` keeps screenshots somewhere
+stable for a person to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+CHROMIUM = os.environ.get("PGVEIL_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("PGVEIL_CHROMEDRIVER", "/usr/bin/chromedriver")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1280,1400")
+
+
+def require() -> None:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} "
+                    "(apt-get install chromium chromium-driver)", allow_module_level=True)
+    pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+
+
+@contextmanager
+def browser(tmp_path: Path) -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    old = os.environ.get("SE_OFFLINE")
+    os.environ["SE_OFFLINE"] = "true"  # never let Selenium Manager fetch anything
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in (*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        opts.add_argument(flag)
+    service = Service(executable_path=CHROMEDRIVER, log_output=str(tmp_path / "chromedriver.log"))
+    driver = webdriver.Chrome(service=service, options=opts)
+    driver.set_page_load_timeout(20)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        if old is None:
+            os.environ.pop("SE_OFFLINE", None)
+        else:
+            os.environ["SE_OFFLINE"] = old
+
+
+def screenshot(driver, tmp_path: Path, name: str) -> Path:
+    """Save a screenshot, check it is a real PNG, keep a copy if asked to."""
+    path = tmp_path / name
+    assert driver.save_screenshot(str(path))
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000
+    keep = os.environ.get("PGVEIL_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(keep) / name)
+    return path
