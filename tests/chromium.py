@@ -25,10 +25,19 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 
 def require() -> None:
+    """Skip the calling module when the browser is missing (fail in CI, which installs it)."""
+    reason = None
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} "
-                    "(apt-get install chromium chromium-driver)", allow_module_level=True)
-    pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install selenium)")
+        reason = f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)"
+    else:
+        try:
+            import selenium.webdriver  # noqa: F401
+        except ImportError:
+            reason = "needs selenium (pip install selenium)"
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI: {reason}", pytrace=False)
+        pytest.skip(reason, allow_module_level=True)
 
 
 @contextmanager
@@ -67,3 +76,23 @@ def screenshot(driver, tmp_path: Path, name: str) -> Path:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(path, Path(keep) / name)
     return path
+
+
+def wait_replaced(driver, element, timeout: float = 15.0) -> None:
+    """Wait until ``element``'s page has been replaced by the next one.
+
+    Chromium's driver sometimes answers a question about an element of a page that is being
+    torn down with an "unhandled inspector error" instead of "stale element": both mean the
+    old page is gone.
+    """
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def gone(_driver) -> bool:
+        try:
+            element.is_enabled()
+            return False
+        except WebDriverException:
+            return True
+
+    WebDriverWait(driver, timeout).until(gone)

@@ -21,6 +21,7 @@ import pytest
 from psycopg import sql
 
 from attack_oracle import attacks_dir
+from helpers import missing
 from helpers import ProxyProcess, unique_name
 
 ANALYST = "analyst"
@@ -68,8 +69,8 @@ class AttackProxy(ProxyProcess):
 def attacks_path() -> Path:
     found = attacks_dir()
     if found is None:
-        pytest.skip("shared/attacks not found: set PGVEIL_ATTACKS_DIR to the folder holding "
-                    "cases.toml and schema.sql (default: ../shared/attacks next to the repo)")
+        missing("shared/attacks not found: set PGVEIL_ATTACKS_DIR to the folder holding "
+                "cases.toml and schema.sql (default: ../shared/attacks next to the repo)")
     return found
 
 

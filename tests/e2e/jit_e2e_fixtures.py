@@ -19,6 +19,8 @@ from typing import Callable, Iterator
 
 import pytest
 
+from helpers import missing
+
 from jit_e2e_helpers import JitProxy, Tokens, attacks_schema, create_jit_database, drop_database, make_proxy
 
 
@@ -34,7 +36,7 @@ def _root_conftest(config: pytest.Config):
 def schema_path() -> Path:
     found = attacks_schema()
     if found is None:
-        pytest.skip("shared/attacks/schema.sql not found: set PGVEIL_ATTACKS_DIR")
+        missing("shared/attacks/schema.sql not found: set PGVEIL_ATTACKS_DIR")
     return found
 
 

@@ -271,7 +271,8 @@ def test_statement_classified_before_the_catalog_loads_is_not_stuck_without_tabl
                 probe += 1
                 conn.execute(f"SELECT id AS c_probe_{probe} FROM {table}", prepare=False)
                 conn.execute("SELECT 1 AS c_flush", prepare=False)
-                return any(r["type"] == "intent" and f"c_probe_{probe} " in r["normalized"]
+                # any probe: the group commit may not have written the newest one yet
+                return any(r["type"] == "intent" and "c_probe_" in r["normalized"]
                            and r["tables"] for r in read_log(work / "audit.jsonl"))
 
             deadline = time.monotonic() + 10

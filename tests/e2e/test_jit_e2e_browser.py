@@ -75,7 +75,7 @@ def test_approve_on_the_page_unmasks_the_open_session(page_proxy, jit_db, tokens
 
         button = card.find_element(By.CSS_SELECTOR, "button.approve")
         button.click()
-        WebDriverWait(d, 15).until(EC.staleness_of(button))
+        chromium.wait_replaced(d, button)
         flash = WebDriverWait(d, 15).until(
             EC.presence_of_element_located((By.CSS_SELECTOR, ".flash"))).text
         assert f"Approved request {rid}" in flash

@@ -38,7 +38,7 @@ def _shot(driver, tmp_path: Path, name: str) -> Path:
 def _submit(driver, button) -> str:
     """Click a form's button, wait for the next page to replace this one, return its flash."""
     button.click()
-    WebDriverWait(driver, 15).until(EC.staleness_of(button))
+    chromium.wait_replaced(driver, button)
     return WebDriverWait(driver, 15).until(
         EC.presence_of_element_located((By.CSS_SELECTOR, ".flash"))).text
 
@@ -89,7 +89,7 @@ def test_click_through(live: LiveServer, browser, tmp_path: Path) -> None:
     live.service.use(grant_id)  # the proxy would record this when dave's query uses it
     refresh = d.find_element(By.LINK_TEXT, "Refresh")
     refresh.click()
-    WebDriverWait(d, 15).until(EC.staleness_of(refresh))
+    chromium.wait_replaced(d, refresh)
     assert grant_id in d.find_element(By.ID, "uses").text
     _shot(d, tmp_path, "approver-granted.png")
 
