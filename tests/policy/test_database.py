@@ -11,6 +11,8 @@ protected value.
 
 from __future__ import annotations
 
+import os
+
 import re
 import tomllib
 from pathlib import Path
@@ -27,9 +29,11 @@ from policy.scrub import scrub_error_fields
 from .sample import SAMPLE_POLICY_DICT
 from policy.rules import policy_from_dict
 
-ATTACKS = Path("/work/shared/attacks")
-if not ATTACKS.exists():  # repository checkout next to shared/
-    ATTACKS = Path(__file__).resolve().parents[3] / "shared" / "attacks"
+# shared/attacks: $PGVEIL_ATTACKS_DIR, else next to the repository checkout (as in CI)
+ATTACKS = Path(os.environ.get("PGVEIL_ATTACKS_DIR")
+               or Path(__file__).resolve().parents[2].parent / "shared" / "attacks")
+if os.environ.get("CI") and not (ATTACKS / "cases.toml").exists():
+    raise RuntimeError(f"CI: the attack cases are missing ({ATTACKS}); CI provides shared/")
 
 pytestmark = pytest.mark.skipif(not (ATTACKS / "cases.toml").exists(), reason="no attack cases")
 
