@@ -48,6 +48,7 @@ class ProxySettings:
     max_message_bytes: int = 256 * 1024 * 1024
     max_connections: int = 10000
     connect_timeout: float = 10.0
+    startup_timeout: float = 60.0  # like authentication_timeout: a client must be in by then
     notice_masked: bool = True
     console_database: str = "pgveil"
     console_auth_database: str = "postgres"

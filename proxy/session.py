@@ -101,6 +101,7 @@ class Session(asyncio.Protocol):
         self.drain_then_close = False
         self._client_paused = False
         self._task: asyncio.Task | None = None
+        self._startup_timer: asyncio.TimerHandle | None = None
         self.guard: Guard | None = None
         self.tracker: StatementTracker | None = None
         self.poisons: dict[str, bytes] = {}  # statements refused in-band without a guard
@@ -133,6 +134,17 @@ class Session(asyncio.Protocol):
         if not self.server.admit(self):
             self.fatal("53300", "pgveil: sorry, too many clients already",
                        hint="Raise proxy.max_connections or retry later.")
+            return
+        timeout = self.settings.proxy.startup_timeout
+        if timeout:
+            self._startup_timer = asyncio.get_running_loop().call_later(
+                timeout, self._startup_timed_out)
+
+    def _startup_timed_out(self) -> None:
+        if self.state in (STARTUP, CONNECT, AUTH):
+            self.fatal("08P01", "pgveil: canceling authentication due to timeout",
+                       hint="The client did not finish connecting within "
+                            "proxy.startup_timeout seconds.")
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -159,6 +171,8 @@ class Session(asyncio.Protocol):
             self._task.cancel()
         if self.tracker is not None:
             self.tracker.abandon()
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
         self.state = CLOSED
         self.server.release(self)
 
@@ -345,6 +359,8 @@ class Session(asyncio.Protocol):
                 out.append(raw)
                 self.tx_status = raw[5:6]
                 self.state = READY
+                if self._startup_timer is not None:
+                    self._startup_timer.cancel()
                 if self.console is not None:
                     self.terminated = True
                     self.upstream.write(m.msg(b"X"))  # type: ignore[union-attr]
