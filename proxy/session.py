@@ -102,6 +102,7 @@ class Session(asyncio.Protocol):
         self._client_paused = False
         self._task: asyncio.Task | None = None
         self._startup_timer: asyncio.TimerHandle | None = None
+        self._tls_pending: list[bytes] | None = None  # set while the TLS handshake runs
         self.guard: Guard | None = None
         self.tracker: StatementTracker | None = None
         self.poisons: dict[str, bytes] = {}  # statements refused in-band without a guard
@@ -151,6 +152,10 @@ class Session(asyncio.Protocol):
             if self.state == READY:
                 self._client_ready(data)
             elif self.state == STARTUP:
+                if self._tls_pending is not None:
+                    # decrypted bytes that beat start_tls() back: keep them for after it
+                    self._tls_pending.append(data)
+                    return
                 self._client_startup(data)
             elif self.state == AUTH:
                 for _, raw in self._frontend.feed(data):
@@ -256,6 +261,7 @@ class Session(asyncio.Protocol):
 
     async def _start_client_tls(self, ctx: ssl.SSLContext) -> None:
         loop = asyncio.get_running_loop()
+        self._tls_pending = []
         try:
             self.client = await loop.start_tls(self.client, self, ctx, server_side=True)
         except (OSError, ssl.SSLError, ConnectionError) as exc:
@@ -266,6 +272,9 @@ class Session(asyncio.Protocol):
         except asyncio.CancelledError:
             return
         self._startup = StartupFramer()
+        early, self._tls_pending = self._tls_pending, None
+        for data in early:  # the startup packet, when it came with the last handshake bytes
+            self.data_received(data)
 
     async def _connect_upstream(self, startup_packet: bytes) -> None:
         up = self.settings.upstream
