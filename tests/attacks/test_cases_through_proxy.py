@@ -187,6 +187,11 @@ def test_works_identically(sql, pg, veil, watch, attacks_db, psql_bin, proxy_cli
 # Only non-sensitive columns are read, so any difference means pgveil resolved a name
 # differently from PostgreSQL (the decoy schema holds a `customers` named 'decoy').
 STATE_SEQUENCES = {
+    "set-then-select": [
+        "SET search_path = decoy", "SELECT id, name FROM customers WHERE id <= 2 ORDER BY id"],
+    "set-then-select-then-reset": [
+        "SET search_path = decoy", "SELECT id, name FROM customers WHERE id <= 2 ORDER BY id",
+        "RESET search_path", "SELECT id, name FROM customers WHERE id <= 2 ORDER BY id"],
     "set-then-select-same-query": [
         "SET search_path = decoy", "SET search_path = public; SELECT id, name FROM customers WHERE id <= 2 ORDER BY id"],
     "reset-then-select-same-query": [

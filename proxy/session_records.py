@@ -1,0 +1,150 @@
+"""Session part: audit records and statement metrics.
+
+The statement tracker calls ``_begin`` when a statement is sent (the audit intent, then the
+counters) and ``_end`` when it is answered (the completion and the duration). Records are
+built from JSON fragments cached per session and per statement decision, so the hot path
+never calls ``json.dumps``. Exempt users' statements are classified (kind, tables,
+literal-free text) here too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from .protocol import messages as m
+
+log = logging.getLogger("pgveil.session")
+
+
+class RecordsMixin:
+    """Methods of :class:`proxy.session.Session` for audit and metrics."""
+
+    async def _forward_when_durable(self, rid: int, data: bytes) -> None:
+        from .audit.errors import AuditUnavailable as _Down
+
+        try:
+            ok = await self.server.audit.durable(rid)  # type: ignore[union-attr]
+        except _Down:
+            ok = False
+            if self.server.audit.settings.on_failure == "fail_closed":  # type: ignore[union-attr]
+                # the intent is not durable: the statement must not run (fail closed)
+                from policy.errors import render
+
+                sqlstate, message, hint = render("audit_unavailable")
+                self.server.metrics.denials.labels("audit_unavailable").inc()
+                self.fatal(sqlstate, message, hint=hint)
+                return
+        if not ok:
+            log.warning("audit record %d is not durable (on_failure = continue)", rid)
+        if self.upstream is not None and not self.upstream.is_closing():
+            self.upstream.write(data)
+
+    def _logs_literals(self) -> bool:
+        audit = self.server.audit
+        return audit is not None and audit.settings.include_literals
+
+    def _raw_if_logged(self, body: bytes) -> str | None:
+        audit = self.server.audit
+        if audit is not None and audit.settings.include_literals:
+            return m.decode_query(body)
+        return None
+
+    def _classify(self, sql: str):
+        """The decision record of a statement that is forwarded as it is (exempt users)."""
+        return self.server.policy.classify(sql, user=self.user, database=self.database,
+                                           parameters=self.parameters)
+
+    def _unknown_statement(self):
+        return self.server.policy.unknown_statement()
+
+    def _poison(self, error: bytes) -> str:
+        if self.guard is not None:
+            return self.guard._poison(error)
+        from .guard import POISON_PREFIX
+        import secrets
+
+        token = POISON_PREFIX + secrets.token_hex(8)
+        self.poisons[token] = error
+        return token
+
+    def _audit_down(self) -> bytes:
+        from policy.errors import render
+
+        self.server.metrics.denials.labels("audit_unavailable").inc()
+        sqlstate, message, hint = render("audit_unavailable")
+        return m.error_response(sqlstate, message, hint=hint)
+
+    def _begin(self, info, extended: bool, raw: str | None = None) -> int:
+        """A statement is sent: write its audit intent (may raise), then count it."""
+        audit = self.server.audit
+        rid = 0
+        if audit is not None:
+            frag = self._session_fragment() + (
+                b'"protocol":"extended",' if extended else b'"protocol":"simple",') + \
+                statement_fragment(info)
+            if raw is not None and audit.settings.include_literals:
+                if isinstance(raw, dict):  # extended: the Parse text and the Bind values
+                    frag += b',"sql":' + json.dumps(raw.get("sql"), ensure_ascii=False).encode()
+                    frag += b',"params":' + json.dumps(raw.get("params"),
+                                                       ensure_ascii=False).encode()
+                else:
+                    frag += b',"sql":' + json.dumps(raw, ensure_ascii=False).encode()
+            rid = audit.intent_encoded(frag)
+            self._last_rid = rid
+        metrics = self.server.metrics
+        action = info.action
+        metrics.statements.labels(info.kind or "other", action).inc()
+        if action == "deny":
+            metrics.denials.labels(info.reason or "denied").inc()
+        if info.masked:
+            metrics.masked_columns.inc(len(info.masked))
+        if info.grants_used:
+            metrics.grant_uses.inc()
+            jit = self.server.jit
+            if jit is not None:
+                for gid in info.grants_used:
+                    jit.record_use(gid)
+        return rid
+
+    def _session_fragment(self) -> bytes:
+        frag = self._audit_frag
+        if frag is None:
+            frag = self._audit_frag = json.dumps({
+                "session": self.session_id, "client": self.peer, "user": self.user,
+                "database": self.database,
+                "application_name": self.parameters.get("application_name") or None,
+            }, ensure_ascii=False, separators=(",", ":"))[1:-1].encode() + b","
+        return frag
+
+    def _end(self, running, executed: bool) -> None:
+        elapsed = time.perf_counter() - running.started
+        self.server.metrics.duration.observe(elapsed)
+        audit = self.server.audit
+        if audit is not None and running.ref:
+            sqlstate = running.sqlstate or ("00000" if executed else "skipped")
+            audit.complete_encoded(running.ref, b'"rows":%d,"duration_ms":%.3f,"sqlstate":"%s",'
+                                   b'"session":"%s"' % (running.rows if executed else 0,
+                                                       elapsed * 1000, sqlstate.encode(),
+                                                       self.session_id.encode()))
+
+
+_FRAGMENTS: dict[tuple, bytes] = {}
+
+
+def statement_fragment(info) -> bytes:
+    """The audit JSON members of a statement decision, cached by what they contain."""
+    key = (info.fingerprint, info.action, info.kind, info.tables, info.masked, info.grants_used,
+           info.reason)
+    frag = _FRAGMENTS.get(key)
+    if frag is None:
+        if len(_FRAGMENTS) > 4096:
+            _FRAGMENTS.clear()
+        frag = _FRAGMENTS[key] = json.dumps({
+            "fingerprint": info.fingerprint, "normalized": info.normalized,
+            "decision": info.action, "kind": info.kind, "tables": list(info.tables),
+            "masked": [f"{t}.{c}" for t, c, _ in info.masked],
+            "grants": list(info.grants_used), "reason": info.reason,
+        }, ensure_ascii=False, separators=(",", ":"))[1:-1].encode()
+    return frag
