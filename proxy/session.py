@@ -97,6 +97,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self._task: asyncio.Task | None = None
         self._startup_timer: asyncio.TimerHandle | None = None
         self._tls_pending: list[bytes] | None = None  # set while the TLS handshake runs
+        self._direct_tls_tried = False
         self.guard: Guard | None = None
         self.tracker: StatementTracker | None = None
         self.poisons: dict[str, bytes] = {}  # statements refused in-band without a guard

@@ -16,6 +16,7 @@ import socket
 import ssl
 
 from .guard import Guard
+from .tls_direct import TLS_HANDSHAKE, DirectTLS, DirectTLSProtocol
 from .protocol import messages as m
 from .protocol.framer import MessageFramer, ProtocolViolation, RelayScanner, StartupFramer
 from .states import (AUTH, CONNECT, READY, RELAY_INTERESTING, STARTUP, TRACKED_INTERESTING, _E, _K,
@@ -50,6 +51,10 @@ class StartupMixin:
                             "proxy.startup_timeout seconds.")
 
     def _client_startup(self, data: bytes) -> None:
+        if data and data[0] == TLS_HANDSHAKE and self._startup.buffered == 0 \
+                and self._tls_pending is None and not self._direct_tls_tried:
+            self._start_direct_tls(data)
+            return
         got = self._startup.feed(data)
         if got is None:
             return
@@ -104,6 +109,24 @@ class StartupMixin:
             params = {**params, "database": px.console_auth_database}
             packet = m.encode_startup(req.version, params)[4:]
         self._spawn(self._connect_upstream(packet))
+
+    def _start_direct_tls(self, data: bytes) -> None:
+        """The client opened with a TLS ClientHello (sslnegotiation=direct)."""
+        self._direct_tls_tried = True
+        ctx = self.server.client_tls
+        if ctx is None:
+            self.client.abort()  # no certificate configured: nothing can answer a ClientHello
+            return
+        raw = self.client
+
+        def failed(reason: str) -> None:
+            log.info("client %s: %s", self.peer, reason)
+            raw.abort()
+
+        tls = DirectTLS(raw, ctx, self.data_received, failed)
+        raw.set_protocol(DirectTLSProtocol(tls, self))
+        self.client = tls
+        tls.feed(data)
 
     def _spawn(self, coro) -> None:
         self._task = asyncio.get_running_loop().create_task(coro)

@@ -16,6 +16,7 @@ def server_side_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(cert), str(key))
+    ctx.set_alpn_protocols(["postgresql"])  # required by direct TLS (PostgreSQL 17+)
     return ctx
 
 

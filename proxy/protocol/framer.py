@@ -43,6 +43,10 @@ class StartupFramer:
         self._buf = bytearray()
         self.max_size = max_size
 
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
     def feed(self, data: bytes) -> tuple[bytes, bytes] | None:
         """Return ``(packet, rest)`` once a whole packet is in, else ``None``.
 

@@ -198,10 +198,6 @@ def test_asyncpg_tls(target, tls_files):
     assert asyncio.run(run()) == (5000, 42)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: pgveil does not accept direct TLS negotiation (libpq 17+ sslnegotiation=direct)",
-)
 def test_tls_direct_negotiation(pgveil, tls_files):
     dsn = pgveil.dsn(sslmode="verify-full", sslrootcert=str(tls_files[0]), sslnegotiation="direct")
     with psycopg.connect(dsn, autocommit=True) as conn:
