@@ -185,7 +185,6 @@ _rng = random.Random(20240601)
 GARBAGE = {
     "random-bytes": bytes([0xDE]) + bytes(_rng.getrandbits(8) for _ in range(200)),
     "http-request": b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
-    "tls-client-hello": bytes.fromhex("160301020001000200000303") + bytes(_rng.getrandbits(8) for _ in range(64)),
     "startup-length-too-small": struct.pack("!II", 4, 196608),
     "startup-length-huge": struct.pack("!II", 0x7FFFFFF0, 196608) + b"user\0x\0\0",
     "startup-unterminated": struct.pack("!II", 18, 196608) + b"user\0postgres",
@@ -202,6 +201,24 @@ def test_garbage_before_startup(pgveil, case):
         assert fields["M"].startswith("pgveil:"), fields
         # An established session is untouched, and new ones are served.
         assert other.execute("SELECT 1").fetchone() == (1,)
+    _proxy_still_serves(pgveil)
+
+
+def test_broken_tls_client_hello_is_dropped(pgveil):
+    """A first byte of 0x16 starts direct TLS (PostgreSQL 17+): a broken ClientHello can only
+    be answered by closing the connection — no plaintext error inside a TLS exchange."""
+    # a whole TLS record (5-byte header, 64 bytes) whose handshake message is garbage
+    hello = bytes.fromhex("1603010040") + bytes(_rng.getrandbits(8) for _ in range(64))
+    with RawConnection(pgveil.host, pgveil.port) as raw:
+        raw.send(hello)
+        answer = b""
+        while True:
+            chunk = raw.sock.recv(65536)
+            if not chunk:
+                break  # closed
+            answer += chunk
+    # at most a TLS alert record (content type 21), never a plaintext protocol message
+    assert answer == b"" or answer[0] == 0x15, answer[:50]
     _proxy_still_serves(pgveil)
 
 
