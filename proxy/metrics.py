@@ -49,9 +49,18 @@ class Metrics:
             "pgveil_upstream_errors", "Failed or lost upstream connections", registry=r)
 
     def attach(self, server: "ProxyServer") -> None:
+        self.server = server
         self.registry.register(_Live(server))
+        self._unclassified_synced = 0
+        self._unclassified = self.statements.labels("unclassified", "forward")
 
     def render(self) -> bytes:
+        server = getattr(self, "server", None)
+        if server is not None:
+            delta = server.unclassified - self._unclassified_synced
+            if delta > 0:
+                self._unclassified.inc(delta)
+                self._unclassified_synced += delta
         return generate_latest(self.registry)
 
 

@@ -27,6 +27,8 @@ class ProxyServer:
         self.policy = PolicyRuntime(settings)
         self.jit = None  # a JitService when [jit] is configured
         self.audit = None  # an AuditLog when [audit] is configured
+        self.unclassified = 0  # statements relayed with no policy and no audit (a plain int:
+        # the relay's hot path; folded into pgveil_statements_total at scrape time)
         self.metrics = Metrics()
         self.metrics.attach(self)
         self.instance = f"{socket.gethostname()}:{os.getpid()}"

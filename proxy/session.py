@@ -104,7 +104,6 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self._last_rid = 0
         self._idle_waiters: list[asyncio.Future] = []
         self._audit_frag: bytes | None = None
-        self._unclassified = server.metrics.statements.labels("unclassified", "forward")
         self.session_id = server.new_session_id()
         self.console = None  # a ConsoleHandler when the client opened the console database
         self._console_failed = False
@@ -220,7 +219,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             buf, upto, n, terminate = self._frontend.feed_count(data)
             if upto:
                 if n > 0:
-                    self._unclassified.inc(n)  # no policy, no audit: not classified
+                    self.server.unclassified += n  # no policy, no audit: counted, not classified
                 self.pending += n
                 if terminate:
                     self.terminated = True
@@ -388,9 +387,27 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             self.fatal("08P01", f"pgveil: the upstream server sent invalid data: {exc}")
             return
         guard = self.guard
+        tracker = self.tracker
+        if guard is None and tracker is None and not self.poisons:
+            # the plain relay: note the few messages that matter, forward the bytes as they are
+            for mtype, start, stop in events:
+                if mtype == _Z:
+                    self.tx_status = buf[stop - 1 : stop]
+                    if self.pending:
+                        self.pending -= 1
+                elif mtype == _S:
+                    name, value = m.decode_parameter_status(buf[start + 5 : stop])
+                    self.parameters[name] = value
+                elif mtype == _E:
+                    if m.decode_fields(buf[start + 5 : stop]).get("V") in ("FATAL", "PANIC"):
+                        self.upstream_fatal = True
+            if upto:
+                self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+            if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
+                self._became_idle()
+            return
         out = None
         last = 0
-        tracker = self.tracker
         for mtype, start, stop in events:
             replaced = False
             if mtype == _Z:
@@ -453,12 +470,16 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             self.client.write(b"".join(out))  # type: ignore[union-attr]
         elif upto:
             self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
-        if self.pending == 0 and self._idle_waiters:
-            waiters, self._idle_waiters = self._idle_waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-        if self.drain_then_close and self.pending == 0:
+        if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
+            self._became_idle()
+
+    def _became_idle(self) -> None:
+        """Every statement sent has been answered: release waiters, or finish a drain."""
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+        if self.drain_then_close:
             self.shutdown_now()
 
     # ------------------------------------------------------------------ endings
