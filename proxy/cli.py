@@ -9,10 +9,8 @@ from .config import ConfigError, load_settings
 
 
 def _check(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"pgveil check: {exc}", file=sys.stderr)
+    settings = _settings(args, "pgveil check")
+    if settings is None:
         return 2
     print(f"{settings.path}: OK (listen {settings.proxy.listen}, "
           f"upstream {settings.upstream.host}:{settings.upstream.port} "
@@ -20,24 +18,27 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings(args: argparse.Namespace, prog: str):
+    """The config file's settings, or None after printing what is wrong with it."""
+    try:
+        return load_settings(args.config)
+    except ConfigError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
+
+
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"pgveil: {exc}", file=sys.stderr)
-        return 2
-    return serve(settings, workers=args.workers)
+    settings = _settings(args, "pgveil")
+    return 2 if settings is None else serve(settings, workers=args.workers)
 
 
 def _explain(args: argparse.Namespace) -> int:
     from .explain import explain
 
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"pgveil explain: {exc}", file=sys.stderr)
+    settings = _settings(args, "pgveil explain")
+    if settings is None:
         return 2
     return explain(settings, args.user, args.dbname, args.sql, search_path=args.search_path,
                    as_json=args.json)

@@ -104,9 +104,8 @@ def find_request(state: WebState, request_id: str) -> dict[str, Any] | None:
     return None
 
 
-@_endpoint("requester", body=True)
-async def create_request(request: web.Request, state: WebState, who: Identity,
-                         body: dict[str, Any]) -> web.StreamResponse:
+def _scope(body: dict[str, Any]) -> tuple:
+    """The fields a request and a direct grant share: who, why, and what for how long."""
     user = require_text(body, "user", max_len=200)
     reason = require_text(body, "reason")
     table = optional_text(body, "table", max_len=400)
@@ -117,7 +116,13 @@ async def create_request(request: web.Request, state: WebState, who: Identity,
         raise InputError("table", "missing field 'table' (columns name columns of a table)")
     if not table and not action:
         raise InputError("table", "missing field 'table' (or 'action')")
-    duration = parse_duration(body.get("duration"))
+    return user, reason, table, action, fingerprint, columns, parse_duration(body.get("duration"))
+
+
+@_endpoint("requester", body=True)
+async def create_request(request: web.Request, state: WebState, who: Identity,
+                         body: dict[str, Any]) -> web.StreamResponse:
+    user, reason, table, action, fingerprint, columns, duration = _scope(body)
     req = await state.service.create_request(
         user=user, table=table, columns=columns, action=action, fingerprint=fingerprint,
         statement=None, duration=duration, reason=reason, requested_by=who.name)
@@ -189,17 +194,7 @@ async def list_grants(request: web.Request, state: WebState, who: Identity,
 @_endpoint("admin", body=True)
 async def create_grant(request: web.Request, state: WebState, who: Identity,
                        body: dict[str, Any]) -> web.StreamResponse:
-    user = require_text(body, "user", max_len=200)
-    reason = require_text(body, "reason")
-    table = optional_text(body, "table", max_len=400)
-    action = optional_text(body, "action", max_len=200)
-    fingerprint = optional_text(body, "fingerprint", max_len=200)
-    columns = parse_columns(body.get("columns"))
-    if columns and not table:
-        raise InputError("table", "missing field 'table' (columns name columns of a table)")
-    if not table and not action:
-        raise InputError("table", "missing field 'table' (or 'action')")
-    duration = parse_duration(body.get("duration"))
+    user, reason, table, action, fingerprint, columns, duration = _scope(body)
     if duration is None:
         raise InputError("duration", "missing field 'duration'")
     max_uses = parse_max_uses(body.get("max_uses"))
