@@ -45,8 +45,17 @@ class Metrics:
             "pgveil_denials", "Statements denied, by reason", ["reason"], registry=r)
         self.grant_uses = Counter(
             "pgveil_grant_uses", "Statements that used a grant", registry=r)
+        self._statement_children: dict[tuple[str, str], object] = {}
         self.upstream_errors = Counter(
             "pgveil_upstream_errors", "Failed or lost upstream connections", registry=r)
+
+    def statement(self, kind: str, decision: str):
+        """The statements counter for (kind, decision), cached: ``labels()`` is not cheap."""
+        child = self._statement_children.get((kind, decision))
+        if child is None:
+            child = self._statement_children[(kind, decision)] = self.statements.labels(
+                kind, decision)
+        return child
 
     def attach(self, server: "ProxyServer") -> None:
         self.server = server

@@ -95,7 +95,7 @@ class RecordsMixin:
             self._last_rid = rid
         metrics = self.server.metrics
         action = info.action
-        metrics.statements.labels(info.kind or "other", action).inc()
+        metrics.statement(info.kind or "other", action).inc()
         if action == "deny":
             metrics.denials.labels(info.reason or "denied").inc()
         if info.masked:
