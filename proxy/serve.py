@@ -97,11 +97,19 @@ def serve(settings: Settings, workers: int = 1) -> int:
     for i in range(workers):
         pid = os.fork()
         if pid == 0:
+            code = 0
             try:
                 asyncio.run(run(settings, sock=sock, admin=(i == 0), cancel_key=cancel_key,
                                 worker=i))
+            except BaseException:  # noqa: BLE001 - report it, and let the parent see it
+                import traceback
+
+                traceback.print_exc()
+                say(f"worker {i} failed")
+                code = 1
             finally:
-                os._exit(0)
+                sys.stderr.flush()
+                os._exit(code)
         children.append(pid)
     sock.close()
     def forward(signum, _frame):

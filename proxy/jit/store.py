@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -234,22 +235,39 @@ class SqliteStore(Store):
                 if parent:
                     os.makedirs(parent, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=5)
-            if self.path != ":memory:":
-                conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                for stmt in table_ddl("", "real", "text"):
-                    conn.execute(stmt)
-                conn.execute("COMMIT")
+                if self.path != ":memory:":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for stmt in table_ddl("", "real", "text"):
+                        conn.execute(stmt)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
             except BaseException:
-                conn.execute("ROLLBACK")
+                conn.close()
                 raise
             self._conn = conn
             return conn.execute("PRAGMA data_version").fetchone()[0]
 
+        def open_retrying() -> int:
+            # Several --workers open one new file at once: switching it to WAL takes an
+            # exclusive lock that SQLite's busy timeout does not wait for. Retry briefly.
+            for attempt in range(50):
+                try:
+                    return do_open()
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or attempt == 49:
+                        raise
+                    time.sleep(0.05 + 0.01 * attempt)
+            raise AssertionError("unreachable")
+
         try:
-            self._data_version = await asyncio.get_running_loop().run_in_executor(self._ex, do_open)
+            self._data_version = await asyncio.get_running_loop().run_in_executor(
+                self._ex, open_retrying)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"cannot open state store {self.path}: {exc}") from exc
         self._set_health(True)
