@@ -31,6 +31,7 @@ from policy.grants import EMPTY_GRANTS, GrantSet
 from policy.masks import INSTALL_SQL
 from policy.rules import Policy, policy_from_dict
 from policy.names import parse_search_path
+from policy.skeleton import matches, split
 from policy.template import literals_from_spans, make_probe, make_template
 
 from .config import Settings
@@ -224,13 +225,24 @@ class PolicyRuntime:
         assert self.policy is not None
         grants_version = self.grants_version if self.grants.for_user(user) else 0
         context = (user, database, search_path, st.version, self.policy_version, grants_version,
-                   tuple(settings.get(k) for k in LEXER_SETTINGS[:2]))
+                   settings.get("standard_conforming_strings"), settings.get("backslash_quote"))
         key = (sql, context)
         d = self.cache.get(key)
         if d is not None:
             return d
+        fast = split(sql)
+        if fast is not None:
+            skey = ("sk", fast[0], context)
+            hit = self.cache.get(skey)
+            if hit is not None:
+                d = _from_template(hit, sql, fast[1])
+                if d is not None:
+                    return d
         fp, spans = scan(sql)
         lits = literals_from_spans(spans)
+        # a skeleton is trusted only once the fast split agreed with the real scanner here
+        if fast is None or not matches(fast[1], lits):
+            skey = None
         tkey = ("fp", fp, context) if lits is not None and lits.spans else None
         if tkey is not None:
             hit = self.cache.get(tkey)
@@ -244,10 +256,15 @@ class PolicyRuntime:
             return d
         self.cache.put(key, d)
         if tkey is not None and not d.literal_dependent:
+            entry = None
             if d.action == "forward" and d.cache_by_fingerprint:
-                self.cache.put(tkey, d)
+                entry = d
             elif d.action == "rewrite":
-                self._learn_template(tkey, sql, lits, user, search_path, catalog, settings)
+                entry = self._learn_template(sql, lits, user, search_path, catalog, settings)
+            if entry is not None:
+                self.cache.put(tkey, entry)
+                if skey is not None:
+                    self.cache.put(skey, entry)
         return d
 
     def _decide(self, sql, user, search_path, catalog, settings) -> Decision:
@@ -255,17 +272,16 @@ class PolicyRuntime:
         return decide(sql, user=user, search_path=search_path, catalog=catalog,
                       policy=self.policy, grants=self.grants, now=time.time(), settings=settings)
 
-    def _learn_template(self, tkey, sql, lits, user, search_path, catalog, settings) -> None:
-        """Decide a placeholder probe of ``sql``; cache its rewrite as a template."""
+    def _learn_template(self, sql, lits, user, search_path, catalog, settings):
+        """Decide a placeholder probe of ``sql``: its rewrite as a template, or None."""
         probe = make_probe(sql, lits)
         if probe is None:
-            return
+            return None
         pd = self._decide(probe.sql, user, search_path, catalog, settings)
         if pd.action != "rewrite" or pd.literal_dependent or pd.grants_used:
-            return
+            return None
         tpl = make_template(pd.sql, probe)
-        if tpl is not None:
-            self.cache.put(tkey, (pd, tpl))
+        return (pd, tpl) if tpl is not None else None
 
 
 def _from_template(hit, sql: str, lits) -> Decision | None:
