@@ -1,6 +1,7 @@
 """Prometheus metrics, served on the admin listener at ``/metrics``.
 
-Counters and histograms are updated on the query path (a few hundred nanoseconds each);
+Counters and histograms are updated on the query path as plain numbers (tens of
+nanoseconds each, :mod:`.local_metrics`) and become metric families at scrape time;
 values that already live elsewhere (sessions, grants, requests, the audit writer) are read
 at scrape time by a collector, so the query path does not maintain them twice.
 """
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .local_metrics import LocalCollector, LocalCounter, LocalHistogram
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -25,37 +28,31 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.connections_total = Counter(
-            "pgveil_client_connections", "Client connections accepted", registry=r)
-        self.statements = Counter(
-            "pgveil_statements", "Statements by kind and decision", ["kind", "decision"],
-            registry=r)
-        self.duration = Histogram(
+        self.connections_total = LocalCounter(
+            "pgveil_client_connections", "Client connections accepted")
+        self.statements = LocalCounter(
+            "pgveil_statements", "Statements by kind and decision", ("kind", "decision"))
+        self.duration = LocalHistogram(
             "pgveil_statement_duration_seconds",
             "Statement time from forwarding to its answer, as the client waits for it",
-            buckets=LATENCY_BUCKETS, registry=r)
-        self.added = Histogram(
+            LATENCY_BUCKETS)
+        self.added = LocalHistogram(
             "pgveil_proxy_added_seconds",
             "Time pgveil spends on a statement before forwarding it (decision, rewrite, audit)",
-            buckets=ADDED_BUCKETS, registry=r)
-        self.masked_columns = Counter(
-            "pgveil_masked_columns", "Masked columns served (per statement and column)",
-            registry=r)
-        self.denials = Counter(
-            "pgveil_denials", "Statements denied, by reason", ["reason"], registry=r)
-        self.grant_uses = Counter(
-            "pgveil_grant_uses", "Statements that used a grant", registry=r)
-        self._statement_children: dict[tuple[str, str], object] = {}
-        self.upstream_errors = Counter(
-            "pgveil_upstream_errors", "Failed or lost upstream connections", registry=r)
+            ADDED_BUCKETS)
+        self.masked_columns = LocalCounter(
+            "pgveil_masked_columns", "Masked columns served (per statement and column)")
+        self.denials = LocalCounter("pgveil_denials", "Statements denied, by reason", ("reason",))
+        self.grant_uses = LocalCounter("pgveil_grant_uses", "Statements that used a grant")
+        self.upstream_errors = LocalCounter(
+            "pgveil_upstream_errors", "Failed or lost upstream connections")
+        r.register(LocalCollector([
+            self.connections_total, self.statements, self.duration, self.added,
+            self.masked_columns, self.denials, self.grant_uses, self.upstream_errors]))
 
     def statement(self, kind: str, decision: str):
-        """The statements counter for (kind, decision), cached: ``labels()`` is not cheap."""
-        child = self._statement_children.get((kind, decision))
-        if child is None:
-            child = self._statement_children[(kind, decision)] = self.statements.labels(
-                kind, decision)
-        return child
+        """The statements counter child for (kind, decision)."""
+        return self.statements.labels(kind, decision)
 
     def attach(self, server: "ProxyServer") -> None:
         self.server = server

@@ -173,18 +173,25 @@ class PolicyRuntime:
         as it is (exempt users, or no policy): what the audit log and metrics record."""
         st = self.catalogs.get(database)
         version = st.version if st is not None else 0
-        key = ("classify", sql, database, version)
+        sp = parameters.get("search_path", '"$user", public')
+        key = ("classify", sql, database, version, sp)
         d = self.cache.get(key)
         if d is not None:
             return d
+        fast = split(sql)
+        if fast is not None:
+            skey = ("classify-sk", fast[0], database, version, sp)
+            d = self.cache.get(skey)
+            if d is not None:
+                return d
         fp, spans = scan(sql)
-        tkey = ("classify-fp", fp, database, version) if spans else None
+        tkey = ("classify-fp", fp, database, version, sp) if spans else None
         if tkey is not None:
             d = self.cache.get(tkey)
             if d is not None:
                 return d
         catalog = st.catalog if st is not None and st.catalog is not None else _EMPTY_CATALOG
-        path = parse_search_path(parameters.get("search_path", '"$user", public'))
+        path = parse_search_path(sp)
         try:
             d = decide(sql, user=user, search_path=path, catalog=catalog, policy=_AUDIT_ONLY,
                        grants=EMPTY_GRANTS, now=0.0, settings=None)
@@ -193,6 +200,8 @@ class PolicyRuntime:
         self.cache.put(key, d)
         if tkey is not None and not d.literal_dependent:
             self.cache.put(tkey, d)
+            if fast is not None and matches(fast[1], literals_from_spans(spans)):
+                self.cache.put(skey, d)
         return d
 
     @staticmethod

@@ -75,9 +75,19 @@ class Sealer:
 
     def __init__(self, key: bytes) -> None:
         self._key = key
+        # HMAC-SHA256 (RFC 2104) with the padded-key states computed once: the same bytes
+        # as hmac.digest, for half its cost per record on this path
+        block = hashlib.sha256(key).digest() if len(key) > 64 else key
+        block = block.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in block))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in block))
 
     def mac(self, body: bytes) -> str:
-        return hmac.digest(self._key, body, "sha256").hex()
+        inner = self._inner.copy()
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.hexdigest()
 
     def seal(self, record: Mapping[str, Any]) -> bytes:
         """Encode ``record`` (without ``mac``) and append its MAC: the line, no newline."""
