@@ -8,7 +8,7 @@ A target is started once before the runs and stopped once after them. Three kind
   transaction pooling as an extra target.
 - :class:`Pgveil` — ``python -m proxy serve -c CONFIG``. Several may run side by side under
   different names, each with its own TOML fragment merged over the bench's base config
-  (``--pgveil-variant NAME=FILE``; a later issue adds built-in "audit on / off" variants to
+  (``--pgveil-variant NAME=FILE``; built-in variants — masked, audit on — are in
   :data:`PGVEIL_VARIANTS`).
 
 Everything listens on 127.0.0.1, on ports chosen free at start.
@@ -34,26 +34,32 @@ from proxy.embedded import SYSTEM_USER, free_port
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
+_MASKED_POLICY = {
+    "exempt_users": [],
+    "mask": [
+        {"table": "public.bench_customers", "column": "ssn", "mask": "redact"},
+        {"table": "public.bench_customers", "column": "email", "mask": "email"},
+    ],
+}
+
 # Built-in pgveil configurations, by target name: TOML fragments as dicts, merged over the
 # base config. "pgveil" is the default one.
 PGVEIL_VARIANTS: dict[str, dict] = {
     "pgveil": {},
     # two processes sharing the port (SO_REUSEPORT), as on a 2-core machine one would run it
     "pgveil-w2": {"_workers": 2},
-    # the bench user is masked: ssn redacted and email masked on bench_customers ("masked")
-    "pgveil-masked": {"policy": {
-        "exempt_users": [],
-        "mask": [
-            {"table": "public.bench_customers", "column": "ssn", "mask": "redact"},
-            {"table": "public.bench_customers", "column": "email", "mask": "email"},
-        ],
-    }},
+    # the bench user is masked: ssn redacted and email masked on bench_customers ("masked");
+    # the per-statement NOTICE is off, as an application would run (pgbench prints every
+    # notice to stderr, which costs pgbench more than it costs pgveil)
+    "pgveil-masked": {"proxy": {"notice_masked": False}, "policy": _MASKED_POLICY},
+    # the same with the default NOTICE on every masked statement
+    "pgveil-masked-notice": {"policy": _MASKED_POLICY},
     # every statement audited: intent + completion records, group-committed (fsync = batch)
     "pgveil-audit": {"audit": {"path": "audit.jsonl", "key_file": "audit.key",
                                "fsync": "batch"}},
 }
 #: variants run only when named with --targets
-OPTIONAL_VARIANTS = frozenset({"pgveil-masked", "pgveil-audit"})
+OPTIONAL_VARIANTS = frozenset({"pgveil-masked", "pgveil-masked-notice", "pgveil-audit"})
 
 
 class Target:

@@ -50,6 +50,8 @@ class ProxySettings:
     connect_timeout: float = 10.0
     startup_timeout: float = 60.0  # like authentication_timeout: a client must be in by then
     notice_masked: bool = True
+    # masked unnamed statements prepared once upstream per session (0: off), see stmt_cache
+    statement_cache: int = 64
     console_database: str = "pgveil"
     console_auth_database: str = "postgres"
 

@@ -32,6 +32,7 @@ from policy.scrub import scrub_error_fields
 
 from .protocol import messages as m
 from .statements import StatementMap
+from .stmt_cache import StatementCache
 
 if TYPE_CHECKING:
     from .policy_runtime import PolicyRuntime
@@ -64,7 +65,8 @@ class Guard:
     INTERESTING = b"ZESTN13"
 
     def __init__(self, runtime: "PolicyRuntime", user: str, database: str,
-                 parameters: dict[str, str], notice: bool = True) -> None:
+                 parameters: dict[str, str], notice: bool = True,
+                 statement_cache: int = 0) -> None:
         self.runtime = runtime
         self.user = user
         self.database = database
@@ -87,6 +89,7 @@ class Guard:
         self.default_path = parse_search_path(parameters.get("search_path", '"$user", public'))
         self.held: dict[str, tuple[str, str]] = {}  # approval key -> (request id, state)
         self.stmts = StatementMap()
+        self.stmt_cache = StatementCache(statement_cache) if statement_cache > 0 else None
         # grants used by statements sent and not yet answered: a single-use grant leaves the
         # live set as soon as its statement is sent, but that statement's own result must pass
         self.inflight: list = []
@@ -144,6 +147,8 @@ class Guard:
                     return d
                 self.last = d = dataclasses.replace(d, fingerprint=whole.fingerprint,
                                                     normalized=whole.normalized)
+            if self.stmt_cache is not None and kinds & {"discard", "deallocate"}:
+                self.stmt_cache.clear()  # they drop pgveil's cached statements too
             if changes or kinds & {"discard", "reset"} or (
                     self.tx_path_change and "transaction" in kinds):
                 self.path_dirty = True
@@ -244,6 +249,24 @@ class Guard:
         p = m.decode_parse(body)
         d = self._decide(p.query, extended=True)
         kept = d if not isinstance(d, bytes) and d.action in ("forward", "rewrite") else None
+        cache = self.stmt_cache
+        if (cache is not None and not p.name and kept is not None and d.action == "rewrite"
+                and not d.grants_used):
+            self._after_decision(d)
+            st = self.runtime.catalogs.get(self.database)
+            key = (d.sql, tuple(p.param_types), st.version if st is not None else 0)
+            data, closes, upstream, new = cache.parse(key, d.sql, p.param_types)
+            for _ in range(closes):
+                self.stmts.expect("3", True)
+            confirm = None
+            if new is not None:
+                def confirm(ok: bool, name: str = new) -> None:
+                    if ok:
+                        cache.confirm(name)
+                    else:
+                        cache.failed(name)
+            self.stmts.parsed("", p.query, p.param_types, kept, upstream, confirm)
+            return data
         self.stmts.parsed(p.name, p.query, p.param_types, kept)
         if isinstance(d, bytes):
             return m.encode_parse(m.Parse(p.name, self._poison(d), p.param_types))
@@ -341,6 +364,11 @@ class Guard:
             return self._check_row_description(msg)
         if mtype == _E or mtype == _N:
             fields = m.decode_fields(msg[5:])
+            if mtype == _E and self.stmt_cache is not None and (
+                    fields.get("C") == "26000" or fields.get("C") == "0A000"
+                    and "cached plan" in fields.get("M", "")):
+                # a cached statement is gone or its result type changed: start afresh
+                self.stmt_cache.clear()
             if mtype == _E and self.poisons:
                 text = fields.get("M", "")
                 for token in self.poisons:

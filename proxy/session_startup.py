@@ -255,7 +255,8 @@ class StartupMixin:
                     self.server.policy.ensure_catalog(self.database)
                 if self.server.policy.masks(self.user):
                     self.guard = Guard(self.server.policy, self.user, self.database,
-                                       self.parameters, self.settings.proxy.notice_masked)
+                                       self.parameters, self.settings.proxy.notice_masked,
+                                       self.settings.proxy.statement_cache)
                     interesting = bytes(set(interesting) | set(Guard.INTERESTING))
                     task = self.server.policy.ensure_catalog(self.database)
                     if task is not None:

@@ -37,6 +37,7 @@ class Prepared:
     decision: Any
     upstream: str  # the name it has upstream
     generation: int = 1
+    shared: bool = False  # upstream is a cached statement (stmt_cache): never close it
 
 
 @dataclass
@@ -56,8 +57,11 @@ class StatementMap:
         self.closed = 0  # batches the server has finished (ReadyForQuery)
 
     # ------------------------------------------------------------------ bookkeeping
-    def expect(self, kind: str, swallow: bool) -> None:
-        (self.answers.parse if kind == "1" else self.answers.close).append((self.batch, swallow))
+    def expect(self, kind: str, swallow: bool, confirm=None) -> None:
+        """An answer ('1' or '3') is due for a message sent now. ``confirm``: a callback
+        ``(ok)`` told whether the server answered it (True) or skipped it (False)."""
+        (self.answers.parse if kind == "1" else self.answers.close).append(
+            (self.batch, swallow, confirm))
 
     def end_batch(self) -> None:
         self.batch += 1
@@ -67,30 +71,38 @@ class StatementMap:
         q = self.answers.parse if kind == 49 else self.answers.close
         if not q:
             return False
-        return q.popleft()[1]
+        _, swallow, confirm = q.popleft()
+        if confirm is not None:
+            confirm(True)
+        return swallow
 
     def ready(self) -> None:
         """ReadyForQuery: whatever of the finished batch was not answered was skipped."""
         self.closed += 1
         for q in (self.answers.parse, self.answers.close):
             while q and q[0][0] < self.closed:
-                q.popleft()
+                confirm = q.popleft()[2]
+                if confirm is not None:
+                    confirm(False)
 
     def upstream_name(self, name: str) -> str:
         p = self.prepared.get(name)
         return p.upstream if p is not None else name
 
     # ------------------------------------------------------------------ client messages
-    def parsed(self, name: str, query: str, param_types: list[int], decision: Any) -> None:
-        self.prepared[name] = Prepared(query, param_types, decision, name)
-        self.expect("1", False)
+    def parsed(self, name: str, query: str, param_types: list[int], decision: Any,
+               upstream: str | None = None, confirm=None) -> None:
+        shared = upstream is not None
+        self.prepared[name] = Prepared(query, param_types, decision, upstream or name,
+                                       shared=shared)
+        self.expect("1", False, confirm)
 
     def closing(self, what: str, name: str) -> bytes | None:
         """A client Close: point it at the upstream name. Returns a replacement, or None."""
         self.expect("3", False)
         if what == "S":
             p = self.prepared.pop(name, None)
-            if p is not None and p.upstream != name:
+            if p is not None and p.upstream != name and not p.shared:
                 return m.msg(b"C", b"S" + m.cstr(p.upstream))
         else:
             self.portals.pop(name, None)

@@ -126,6 +126,7 @@ class ProxyProcess:
     tls_key: Path | None = None
     shutdown_timeout: float = 10
     extra_config: str = ""
+    proxy_extra: str = ""  # more [proxy] keys, as TOML lines
     passwords: dict[str, str] = field(default_factory=dict, repr=False)
     superuser: str = "postgres"
     name: str = "pgveil"
@@ -153,6 +154,8 @@ class ProxyProcess:
             f"listen = {_toml_str(f'{self.host}:{self.port}')}",
             f"shutdown_timeout = {self.shutdown_timeout}",
         ]
+        if self.proxy_extra:
+            lines.append(self.proxy_extra)
         if self.tls_cert and self.tls_key:
             lines += [f"tls_cert = {_toml_str(str(self.tls_cert))}", f"tls_key = {_toml_str(str(self.tls_key))}"]
         lines += [

@@ -1,0 +1,186 @@
+"""Masked unnamed statements are prepared once upstream per session (proxy/stmt_cache.py).
+
+The client keeps sending Parse("") + Bind + Execute; the server should see one prepared
+statement of pgveil's per rewritten text, and the client must not be able to tell —
+results, errors and DISCARD behave as without the cache.
+"""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from helpers import ProxyProcess, unique_name
+
+USER = "sc_user"
+
+
+@pytest.fixture(scope="module")
+def shop(pg):
+    db = unique_name("stmtcache")
+    pg.execute(f"CREATE DATABASE {db}")
+    pg.execute(f"DO $$BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{USER}') "
+               f"THEN CREATE ROLE {USER} LOGIN; END IF; END$$")
+    with psycopg.connect(pg.dsn(db), autocommit=True) as c:
+        c.execute("CREATE TABLE people (id int PRIMARY KEY, name text, email text, ssn text)")
+        c.execute("INSERT INTO people SELECT g, 'n' || g, 'user' || g || '@example.com', "
+                  "'ssn-' || g FROM generate_series(1, 50) g")
+        c.execute("CREATE TABLE vault (id int PRIMARY KEY, ssn text)")
+        c.execute("INSERT INTO vault VALUES (1, 'v-1')")
+        c.execute(f"GRANT SELECT ON people TO {USER}")
+    yield db
+    pg.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def _proxy(pg, tmp_path_factory, cache_size: int) -> ProxyProcess:
+    work = tmp_path_factory.mktemp("stmt-cache")
+    extra = f"""
+[policy]
+exempt_users = ["{pg.superuser}"]
+
+[[policy.mask]]
+table = "public.people"
+column = "ssn"
+mask = "redact"
+
+[[policy.mask]]
+table = "public.people"
+column = "email"
+mask = "email"
+
+[[policy.mask]]
+table = "public.vault"
+column = "ssn"
+mask = "redact"
+"""
+    return ProxyProcess(workdir=work, upstream_host=pg.host, upstream_port=pg.port,
+                        extra_config=extra, name=f"stmt-cache-{cache_size}",
+                        proxy_extra=f"notice_masked = false\nstatement_cache = {cache_size}")
+
+
+@pytest.fixture(scope="module")
+def proxy(pg, shop, tmp_path_factory):
+    p = _proxy(pg, tmp_path_factory, 2).start()
+    yield p
+    p.kill()
+
+
+def _connect(proxy, shop):
+    # prepare_threshold=None: psycopg never names its statements, every execute is Parse("")
+    return psycopg.connect(proxy.dsn(shop, user=USER), autocommit=True, prepare_threshold=None)
+
+
+def _cached(conn) -> list[tuple[str, str]]:
+    return conn.execute("SELECT name, statement FROM pg_prepared_statements "
+                        "WHERE name LIKE 'pgveil_c%' ORDER BY name").fetchall()
+
+
+def test_one_upstream_statement_serves_every_execution(proxy, shop):
+    with _connect(proxy, shop) as c:
+        for i in range(1, 21):
+            row = c.execute("SELECT id, name, email, ssn FROM people WHERE id = %s",
+                            (i,)).fetchone()
+            assert row == (i, f"n{i}", f"u***@example.com", "REDACTED")
+        cached = _cached(c)
+        assert len(cached) == 1 and "pgveil_src" in cached[0][1]
+        # binary results and Describe of the unnamed statement go to the cached one too
+        cur = c.cursor(binary=True)
+        assert cur.execute("SELECT id, ssn FROM people WHERE id = %s", (3,)).fetchone() == (
+            3, "REDACTED")
+        assert [d.name for d in cur.description] == ["id", "ssn"]
+
+
+def test_limit_closes_the_least_recently_used(proxy, shop):
+    with _connect(proxy, shop) as c:
+        for col in ("ssn", "email", "name, ssn", "email, ssn", "ssn"):
+            for i in (1, 2):
+                c.execute(f"SELECT {col} FROM people WHERE id = %s", (i,)).fetchone()
+        # statement_cache = 2 in this proxy: older ones were closed upstream
+        assert len(_cached(c)) <= 2
+        assert c.execute("SELECT ssn FROM people WHERE id = %s", (5,)).fetchone() == ("REDACTED",)
+
+
+def test_discard_all_and_deallocate_all_start_afresh(proxy, shop):
+    with _connect(proxy, shop) as c:
+        q = "SELECT ssn FROM people WHERE id = %s"
+        assert c.execute(q, (1,)).fetchone() == ("REDACTED",)
+        c.execute("DISCARD ALL")
+        assert _cached(c) == []
+        assert c.execute(q, (2,)).fetchone() == ("REDACTED",)
+        assert len(_cached(c)) == 1
+        c.execute("DEALLOCATE ALL")
+        assert c.execute(q, (3,)).fetchone() == ("REDACTED",)
+        assert len(_cached(c)) == 1
+
+
+def test_a_failed_parse_is_not_cached(proxy, shop):
+    q = "SELECT id, ssn FROM people WHERE id = %s"
+    with psycopg.connect(proxy.dsn(shop, user=USER), prepare_threshold=None) as c:
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("SELECT 1/0")
+        # the Parse of pgveil's statement fails too (the transaction is aborted) ...
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            c.execute(q, (1,))
+        c.rollback()
+        # ... so it must not be taken for a prepared one: Bind would find nothing (26000)
+        assert c.execute(q, (2,)).fetchone() == (2, "REDACTED")
+        assert c.execute(q, (3,)).fetchone() == (3, "REDACTED")
+        assert len(_cached(c)) == 1
+
+
+def test_permission_errors_come_at_execution_as_without_the_cache(pg, proxy, shop):
+    with _connect(proxy, shop) as c:
+        q = "SELECT id, ssn FROM vault WHERE id = %s"
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(q, (1,))
+        with psycopg.connect(pg.dsn(shop), autocommit=True) as admin:
+            admin.execute(f"GRANT SELECT ON vault TO {USER}")
+        try:
+            assert c.execute(q, (1,)).fetchone() == (1, "REDACTED")
+        finally:
+            with psycopg.connect(pg.dsn(shop), autocommit=True) as admin:
+                admin.execute(f"REVOKE SELECT ON vault FROM {USER}")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(q, (1,))
+
+
+def test_pipeline_of_identical_statements(proxy, shop):
+    with _connect(proxy, shop) as c:
+        with c.pipeline():
+            curs = [c.execute("SELECT id, ssn FROM people WHERE id = %s", (i,))
+                    for i in range(1, 9)]
+        assert [cur.fetchone() for cur in curs] == [(i, "REDACTED") for i in range(1, 9)]
+        # twins prepared before the first answer are closed again, not piled up
+        for i in range(3):
+            c.execute("SELECT id, ssn FROM people WHERE id = %s", (i,))
+        assert len(_cached(c)) <= 2
+
+
+def test_changed_result_type_is_reported_once_then_works(pg, proxy, shop):
+    with _connect(proxy, shop) as c:
+        q = "SELECT id, name FROM people WHERE id = %s AND ssn IS NOT NULL"
+        assert c.execute(q, (1,)).fetchone() == (1, "n1")
+        with psycopg.connect(pg.dsn(shop), autocommit=True) as admin:
+            admin.execute("ALTER TABLE people ALTER COLUMN name TYPE varchar(40)")
+        try:
+            try:
+                row = c.execute(q, (1,)).fetchone()
+            except psycopg.errors.FeatureNotSupported as exc:  # cached plan … result type
+                assert "result type" in str(exc)
+                row = c.execute(q, (1,)).fetchone()
+            assert row == (1, "n1")
+        finally:
+            with psycopg.connect(pg.dsn(shop), autocommit=True) as admin:
+                admin.execute("ALTER TABLE people ALTER COLUMN name TYPE text")
+
+
+def test_cache_off(pg, shop, tmp_path_factory):
+    p = _proxy(pg, tmp_path_factory, 0).start()
+    try:
+        with _connect(p, shop) as c:
+            for i in (1, 2, 3):
+                assert c.execute("SELECT ssn FROM people WHERE id = %s", (i,)).fetchone() == (
+                    "REDACTED",)
+            assert _cached(c) == []
+    finally:
+        p.kill()
