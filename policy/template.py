@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 from pglast import parser as pg_parser
 
+from .params import param_value, slot_offsets
+
 #: literal token classes that can be swapped safely, and how to spell a placeholder
 _PLACEHOLDER_CLASSES = ("SCONST", "ICONST", "FCONST")
 _ALL_LITERALS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
@@ -93,6 +95,8 @@ class Template:
     parts: tuple[str, ...]
     order: tuple[int, ...]  # which literal goes into each gap
     classes: tuple[str, ...]
+    #: per gap: may its literal be sent as a parameter (see :mod:`policy.params`)
+    slots: tuple[bool, ...] = ()
 
     def fill(self, sql: str, lits: Literals) -> str | None:
         if lits.classes != self.classes:
@@ -103,6 +107,32 @@ class Template:
             out.append(texts[idx])
             out.append(self.parts[gap + 1])
         return "".join(out)
+
+
+    def parameterized(self, sql: str, lits: Literals) -> tuple[str, tuple[int, ...],
+                                                               tuple[str, ...]] | None:
+        """The rewrite with parameter slots as ``$n``: (text, type oids, values), or None
+        when no literal of this statement can be a parameter."""
+        if not any(self.slots) or lits.classes != self.classes:
+            return None
+        spans = lits.spans
+        out = [self.parts[0]]
+        types: list[int] = []
+        values: list[str] = []
+        for gap, idx in enumerate(self.order):
+            start, stop, cls = spans[idx]
+            text = sql[start:stop]
+            pv = param_value(text, cls) if self.slots[gap] else None
+            if pv is None:
+                out.append(text)
+            else:
+                types.append(pv[0])
+                values.append(pv[1])
+                out.append(f" ${len(values)} ")
+            out.append(self.parts[gap + 1])
+        if not values:
+            return None
+        return "".join(out), tuple(types), tuple(values)
 
 
 def make_template(rewritten: str, probe: Probe) -> Template | None:
@@ -120,4 +150,8 @@ def make_template(rewritten: str, probe: Probe) -> Template | None:
         parts.append(rewritten[last:pos])
         last = pos + len(probe.placeholders[idx])
     parts.append(rewritten[last:])
-    return Template(tuple(parts), tuple(idx for _, idx in found), probe.classes)
+    offsets = slot_offsets(rewritten)
+    slots = ()
+    if offsets:
+        slots = tuple(len(rewritten[:pos].encode()) in offsets for pos, _ in found)
+    return Template(tuple(parts), tuple(idx for _, idx in found), probe.classes, slots)

@@ -34,6 +34,10 @@ from .protocol import messages as m
 from .statements import StatementMap
 from .stmt_cache import StatementCache
 
+_DESCRIBE_UNNAMED_PORTAL = m.msg(b"D", b"P\x00")
+_EXECUTE_UNNAMED_ALL = m.msg(b"E", b"\x00\x00\x00\x00\x00")
+_SYNC_MSG = m.msg(b"S", b"")
+
 if TYPE_CHECKING:
     from .policy_runtime import PolicyRuntime
     from policy.decision import Decision
@@ -62,7 +66,7 @@ class NeedSync(Exception):
 
 class Guard:
     #: server message types the relay must hand to :meth:`server_message`
-    INTERESTING = b"ZESTN13"
+    INTERESTING = b"ZESTN123"
 
     def __init__(self, runtime: "PolicyRuntime", user: str, database: str,
                  parameters: dict[str, str], notice: bool = True,
@@ -90,6 +94,7 @@ class Guard:
         self.held: dict[str, tuple[str, str]] = {}  # approval key -> (request id, state)
         self.stmts = StatementMap()
         self.stmt_cache = StatementCache(statement_cache) if statement_cache > 0 else None
+        self.ext_open = False  # extended-protocol messages sent since the last Sync
         # grants used by statements sent and not yet answered: a single-use grant leaves the
         # live set as soon as its statement is sent, but that statement's own result must pass
         self.inflight: list = []
@@ -242,10 +247,43 @@ class Guard:
             return None
         if d.action == "rewrite":
             self._after_decision(d)
+            source = d.__dict__.get("param_source")
+            if (source is not None and self.stmt_cache is not None and not self.ext_open
+                    and not d.grants_used and d.kind == "select"):
+                form = source[0].parameterized(source[1], source[2])
+                if form is not None:
+                    return self._query_as_prepared(*form)
             return m.encode_query(d.sql)
         return m.encode_query(self._poison(_denial(d)))
 
+    def _query_as_prepared(self, sql: str, types: tuple[int, ...],
+                           values: tuple[str, ...]) -> bytes:
+        """A masked simple Query as one extended batch on a cached upstream statement."""
+        cache = self.stmt_cache
+        assert cache is not None
+        st = self.runtime.catalogs.get(self.database)
+        key = (sql, types, st.version if st is not None else 0)
+        prefix, closes, name, new = cache.lookup(key)
+        sm = self.stmts
+        for _ in range(closes):
+            sm.expect("3", True)
+        out = [prefix]
+        if new:
+            out.append(m.encode_parse(m.Parse(name, sql, list(types))))
+
+            def confirm(ok: bool, name: str = name) -> None:
+                if ok:
+                    cache.confirm(name)
+                else:
+                    cache.failed(name)
+            sm.expect("1", True, confirm)
+        out.append(m.encode_bind_text("", name, values))
+        sm.expect("2", True)
+        out.append(_DESCRIBE_UNNAMED_PORTAL + _EXECUTE_UNNAMED_ALL + _SYNC_MSG)
+        return b"".join(out)
+
     def client_parse(self, body: bytes) -> bytes | None:
+        self.ext_open = True
         p = m.decode_parse(body)
         d = self._decide(p.query, extended=True)
         kept = d if not isinstance(d, bytes) and d.action in ("forward", "rewrite") else None
@@ -286,6 +324,7 @@ class Guard:
 
     def client_bind(self, body: bytes) -> bytes | None:
         """Bind: re-prepare its statement if a grant it was prepared under has ended."""
+        self.ext_open = True
         portal, stmt, _ = m.decode_bind_names(body)
         sm = self.stmts
         sm.portals[portal] = stmt
@@ -321,6 +360,7 @@ class Guard:
 
     def client_execute(self, body: bytes) -> bytes | None:
         """Execute: a portal bound under a grant that has ended is closed first."""
+        self.ext_open = True
         portal = m.decode_execute_portal(body)
         stmt = self.stmts.portals.get(portal)
         if stmt is None:
@@ -331,17 +371,19 @@ class Guard:
         return None
 
     def client_describe(self, body: bytes) -> bytes | None:
+        self.ext_open = True
         what, name = m.decode_describe_or_close(body)
         return self.stmts.describing(what, name)
 
     def client_close(self, body: bytes) -> bytes | None:
+        self.ext_open = True
         what, name = m.decode_describe_or_close(body)
         return self.stmts.closing(what, name)
 
     # ------------------------------------------------------------------ server side
     def server_message(self, mtype: int, msg: bytes, idle: bool) -> bytes | None:
         """Replacement for one whole server message (b"" drops it), or None to keep it."""
-        if mtype == 49 or mtype == 51:  # ParseComplete, CloseComplete
+        if mtype == 49 or mtype == 51 or mtype == 50:  # Parse/Close/BindComplete
             return b"" if self.stmts.answered(mtype) else None
         if mtype == _Z:
             self.stmts.ready()

@@ -263,17 +263,19 @@ class PolicyRuntime:
         if d.grants_used or d.action == "approval":
             # a grant can end (or an approval arrive) at any moment: decided per statement
             return d
-        self.cache.put(key, d)
         if tkey is not None and not d.literal_dependent:
             entry = None
             if d.action == "forward" and d.cache_by_fingerprint:
                 entry = d
             elif d.action == "rewrite":
                 entry = self._learn_template(sql, lits, user, search_path, catalog, settings)
+                if entry is not None and entry[1].slots and entry[1].fill(sql, lits) == d.sql:
+                    d = _with_params(d, entry[1], sql, lits)  # this very text, prepared too
             if entry is not None:
                 self.cache.put(tkey, entry)
                 if skey is not None:
                     self.cache.put(skey, entry)
+        self.cache.put(key, d)
         return d
 
     def _decide(self, sql, user, search_path, catalog, settings) -> Decision:
@@ -303,4 +305,14 @@ def _from_template(hit, sql: str, lits) -> Decision | None:
     d = object.__new__(Decision)  # dataclasses.replace, without re-running __init__
     d.__dict__.update(pd.__dict__)
     d.__dict__["sql"] = text
+    if tpl.slots:
+        # the guard may send it as a prepared statement with parameters (stmt_cache)
+        d.__dict__["param_source"] = (tpl, sql, lits)
     return d
+
+
+def _with_params(d: Decision, tpl, sql: str, lits) -> Decision:
+    out = object.__new__(Decision)
+    out.__dict__.update(d.__dict__)
+    out.__dict__["param_source"] = (tpl, sql, lits)
+    return out

@@ -295,6 +295,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                     if tracker is not None:
                         tracker.sync()
                     if guard is not None:
+                        guard.ext_open = False
                         guard.stmts.end_batch()
                         if guard.path_dirty:
                             guard.synced_since_dirty = True

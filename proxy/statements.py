@@ -46,6 +46,7 @@ class Answers:
 
     parse: deque = field(default_factory=deque)
     close: deque = field(default_factory=deque)
+    bind: deque = field(default_factory=deque)  # only injected Binds (all swallowed)
 
 
 class StatementMap:
@@ -60,15 +61,22 @@ class StatementMap:
     def expect(self, kind: str, swallow: bool, confirm=None) -> None:
         """An answer ('1' or '3') is due for a message sent now. ``confirm``: a callback
         ``(ok)`` told whether the server answered it (True) or skipped it (False)."""
-        (self.answers.parse if kind == "1" else self.answers.close).append(
-            (self.batch, swallow, confirm))
+        q = self.answers.parse if kind == "1" else (
+            self.answers.close if kind == "3" else self.answers.bind)
+        q.append((self.batch, swallow, confirm))
 
     def end_batch(self) -> None:
         self.batch += 1
 
     def answered(self, kind: int) -> bool:
-        """The server sent '1' or '3': True if it answers an injected message (drop it)."""
-        q = self.answers.parse if kind == 49 else self.answers.close
+        """The server sent '1', '2' or '3': True if it answers an injected message (drop
+        it). Client Binds are not tracked: a '2' nobody expects is the client's."""
+        if kind == 50:
+            q = self.answers.bind
+            if not q or q[0][0] != self.closed:
+                return False  # the client's own Bind, in a batch pgveil did not inject into
+        else:
+            q = self.answers.parse if kind == 49 else self.answers.close
         if not q:
             return False
         _, swallow, confirm = q.popleft()
@@ -79,7 +87,7 @@ class StatementMap:
     def ready(self) -> None:
         """ReadyForQuery: whatever of the finished batch was not answered was skipped."""
         self.closed += 1
-        for q in (self.answers.parse, self.answers.close):
+        for q in (self.answers.parse, self.answers.close, self.answers.bind):
             while q and q[0][0] < self.closed:
                 confirm = q.popleft()[2]
                 if confirm is not None:

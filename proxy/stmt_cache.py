@@ -11,6 +11,16 @@ upstream under a name of pgveil's, and later ``Parse("")`` of the same text beco
     upstream: Parse("", "")            Bind("", "pgveil_c3")     Describe(S, "pgveil_c3")
 
 The empty Parse costs the server nothing and answers the client's ParseComplete in order.
+
+A masked simple-protocol Query whose literals can be parameters (:mod:`policy.params`) is
+sent the same way, as one extended-protocol batch the client never sees::
+
+    client:   Query("SELECT … WHERE id = 5")
+    upstream: [Parse("pgveil_c3", "SELECT … WHERE id = $1")] Bind("", "pgveil_c3", "5")
+              Describe(P, "") Execute("", 0) Sync
+
+ParseComplete and BindComplete are swallowed; RowDescription, DataRow, CommandComplete,
+ErrorResponse and ReadyForQuery are what the simple Query would have produced.
 Bind, Describe and Close of the unnamed statement are pointed at the upstream name by
 :class:`~proxy.statements.StatementMap` (``Prepared.shared`` keeps a client Close from
 closing the cached statement).
@@ -49,23 +59,32 @@ class StatementCache:
         self.hits = 0
         self.created = 0
 
-    def parse(self, key: tuple, sql: str,
-              param_types: list[int]) -> tuple[bytes, int, str, str | None]:
-        """For a client's unnamed Parse of ``sql`` (rewritten): the messages to send, how many
-        injected Close messages lead them (their CloseComplete is not the client's), the
-        upstream name the unnamed statement now stands for, and the name whose
-        ParseComplete confirms it (None on a hit)."""
+    def lookup(self, key: tuple) -> tuple[bytes, int, str, bool]:
+        """The cached upstream statement for ``key``, or a new name to prepare it under:
+        ``(Close messages to send first, how many, name, new)``. A new name is used only
+        once :meth:`confirm` is called for it."""
         closes = len(self.to_close)
         prefix = self._closes()
         name = self.ready.get(key)
         if name is not None:
             self.ready.move_to_end(key)
             self.hits += 1
-            return prefix + _EMPTY_PARSE, closes, name, None
+            return prefix, closes, name, False
         self.counter += 1
         self.created += 1
         name = f"pgveil_c{self.counter}"
         self.pending[name] = key
+        return prefix, closes, name, True
+
+    def parse(self, key: tuple, sql: str,
+              param_types: list[int]) -> tuple[bytes, int, str, str | None]:
+        """For a client's unnamed Parse of ``sql`` (rewritten): the messages to send, how many
+        injected Close messages lead them (their CloseComplete is not the client's), the
+        upstream name the unnamed statement now stands for, and the name whose
+        ParseComplete confirms it (None on a hit)."""
+        prefix, closes, name, new = self.lookup(key)
+        if not new:
+            return prefix + _EMPTY_PARSE, closes, name, None
         return prefix + m.encode_parse(m.Parse(name, sql, param_types)), closes, name, name
 
     def confirm(self, name: str) -> None:

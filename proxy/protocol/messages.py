@@ -356,6 +356,17 @@ def encode_bind_with_statement(body: bytes, statement: str) -> bytes:
     return msg(b"B", cstr(portal) + cstr(statement) + body[rest:])
 
 
+def encode_bind_text(portal: str, statement: str, values) -> bytes:
+    """A Bind of text parameters (none NULL), all results in text format."""
+    parts = [cstr(portal), cstr(statement), b"\x00\x00", _I16.pack(len(values))]
+    for v in values:
+        raw = v.encode()
+        parts.append(_I32.pack(len(raw)))
+        parts.append(raw)
+    parts.append(b"\x00\x00")
+    return msg(b"B", b"".join(parts))
+
+
 def decode_describe_or_close(body: bytes) -> tuple[str, str]:
     if len(body) < 2 or body[0] not in b"SP":
         raise ProtocolViolation("malformed Describe/Close message")

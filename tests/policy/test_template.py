@@ -98,3 +98,25 @@ def test_runtime_cache_by_skeleton_equals_fresh_decisions():
     # 7 shapes were decided (rewrites twice: the statement and its placeholder probe); the
     # second and later statements of a shape came from the cache
     assert rt.decisions <= 10 and rt.cache.hits >= 6
+
+
+def test_parameter_slots_only_where_a_parameter_means_the_same():
+    from policy.params import INT4, INT8, NUMERIC, UNTYPED, param_value, slot_offsets
+
+    sql = ("SELECT a, b = 4 FROM t WHERE id = 5 AND name IN ('a', 'b') AND x.y >= 2.5 "
+           "AND z = -3 AND 7 = w AND lower(q) = 'x' AND k BETWEEN 1 AND 9 "
+           "AND v IN (SELECT u FROM s WHERE u = 8 GROUP BY u = 6) ORDER BY 1 LIMIT 10")
+    got = sorted(sql.encode()[o:o + 3].decode() for o in slot_offsets(sql))
+    # b = 4 (target list), lower(q) (not a column), the GROUP BY, ORDER BY 1 and LIMIT stay
+    # literals. -3 is reported at its minus sign, where no literal token starts, so a
+    # template never matches it to a slot.
+    assert got == ["'a'", "'b'", "-3 ", "1 A", "2.5", "5 A", "7 =", "8 G", "9 A"]
+    assert slot_offsets("SELECT 1; SELECT 2") == frozenset()
+    assert slot_offsets("UPDATE t SET a = 1 WHERE id = 2") == frozenset()
+    assert param_value("5", "ICONST") == (INT4, "5")
+    assert param_value("99999999999", "FCONST") == (INT8, "99999999999")
+    assert param_value("99999999999999999999", "FCONST") == (NUMERIC, "99999999999999999999")
+    assert param_value("2.5e3", "FCONST") == (NUMERIC, "2.5e3")
+    assert param_value("'it''s'", "SCONST") == (UNTYPED, "it's")
+    assert param_value("'a'\n'b'", "SCONST") is None  # one literal made of two
+    assert param_value("E'x'", "SCONST") is None and param_value("$$x$$", "SCONST") is None

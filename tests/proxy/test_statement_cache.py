@@ -184,3 +184,83 @@ def test_cache_off(pg, shop, tmp_path_factory):
             assert _cached(c) == []
     finally:
         p.kill()
+
+
+# -- simple-protocol queries sent as prepared statements with parameters --------------------
+SIMPLE_BATTERY = [
+    "SELECT id, name, email, ssn FROM people WHERE id = 5",
+    "SELECT id, name, email, ssn FROM people WHERE id = 6",
+    "SELECT id, ssn FROM people WHERE name = 'n7'",
+    "SELECT id, ssn FROM people WHERE name = 'it''s' OR name = 'n8'",
+    "SELECT id, email FROM people WHERE id IN (1, 2, 3) ORDER BY 1",
+    "SELECT id, email FROM people WHERE id IN (4, 2) ORDER BY 1 DESC",
+    "SELECT id FROM people WHERE id BETWEEN 2 AND 4 ORDER BY id",
+    "SELECT id, ssn FROM people WHERE id = '5'",
+    "SELECT id, ssn FROM people WHERE id = '5x'",
+    "SELECT id, ssn FROM people WHERE id = 99999999999",
+    "SELECT id, ssn FROM people WHERE id > 2.5 ORDER BY 2, 1 LIMIT 2",
+    "SELECT id = 5 AS five, ssn FROM people WHERE id = 5",
+    "SELECT id = 3 AS three, count(*) FROM people WHERE ssn IS NOT NULL GROUP BY id = 3 ORDER BY 1",
+    "SELECT id, ssn FROM people WHERE name = E'n\\x39'",
+    "SELECT id, ssn FROM people WHERE name = 'n'\n'9'",
+    "SELECT id, ssn FROM people WHERE id = -3 OR id = 10",
+    "SELECT 'x' AS lit, ssn FROM people WHERE id = 1",
+    "SELECT id, ssn FROM people WHERE name = 'n1' AND id = 1",
+]
+
+
+def _simple_results(proxy, shop) -> list:
+    out = []
+    with psycopg.connect(proxy.dsn(shop, user=USER), autocommit=True,
+                         cursor_factory=psycopg.ClientCursor) as c:
+        for sql in SIMPLE_BATTERY:
+            for _ in range(2):  # the second time the cached statement is used
+                try:
+                    cur = c.execute(sql)
+                    out.append((sql, [d.name for d in cur.description],
+                                [d.type_code for d in cur.description], cur.fetchall()))
+                except psycopg.Error as exc:
+                    out.append((sql, "error", exc.sqlstate))
+        with c.transaction():
+            out.append(c.execute("SELECT id, ssn FROM people WHERE id = 4").fetchall())
+        try:
+            with c.transaction():
+                c.execute("SELECT 1/0")
+        except psycopg.errors.DivisionByZero:
+            pass
+        c.autocommit = False
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            c.execute("SELECT 1/0")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            c.execute("SELECT id, ssn FROM people WHERE id = 4")
+        c.rollback()
+        out.append(c.execute("SELECT id, ssn FROM people WHERE id = 4").fetchall())
+        c.rollback()
+        cached = _cached(c)
+    return out, cached
+
+
+def test_simple_queries_as_prepared_statements_answer_the_same(pg, proxy, shop,
+                                                               tmp_path_factory):
+    with_cache, cached = _simple_results(proxy, shop)
+    off = _proxy(pg, tmp_path_factory, 0).start()
+    try:
+        without, none = _simple_results(off, shop)
+    finally:
+        off.kill()
+    assert none == []
+    assert with_cache == without
+    # the ones that were parameterised really went through pgveil's prepared statements
+    assert any("$1" in text for _, text in cached)
+    assert ("SELECT id, ssn FROM people WHERE id = '5x'", "error", "22P02") in with_cache
+
+
+def test_simple_query_statement_is_reused_across_literals(proxy, shop):
+    with psycopg.connect(proxy.dsn(shop, user=USER), autocommit=True,
+                         cursor_factory=psycopg.ClientCursor) as c:
+        c.execute("DISCARD ALL")
+        for i in range(1, 31):
+            assert c.execute(f"SELECT id, ssn FROM people WHERE id = {i}").fetchone() == (
+                i, "REDACTED")
+        cached = _cached(c)
+        assert len(cached) == 1 and "$1" in cached[0][1] and "REDACTED" in cached[0][1]
