@@ -26,15 +26,23 @@ _PLACEHOLDER_CLASSES = ("SCONST", "ICONST", "FCONST")
 _ALL_LITERALS = frozenset({"SCONST", "USCONST", "ICONST", "FCONST", "BCONST", "XCONST"})
 
 
-@dataclass(frozen=True)
 class Literals:
     """The literal tokens of a statement: (start, stop, token class), character offsets."""
 
-    spans: tuple[tuple[int, int, str], ...]
+    __slots__ = ("spans", "classes")
 
-    @property
-    def classes(self) -> tuple[str, ...]:
-        return tuple(c for _, _, c in self.spans)
+    def __init__(self, spans: tuple[tuple[int, int, str], ...]) -> None:
+        self.spans = spans
+        self.classes: tuple[str, ...] = tuple(c for _, _, c in spans)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Literals) and other.spans == self.spans
+
+    def __hash__(self) -> int:
+        return hash(self.spans)
+
+    def __repr__(self) -> str:
+        return f"Literals(spans={self.spans!r})"
 
 
 def literals_from_spans(spans) -> Literals | None:
@@ -113,26 +121,35 @@ class Template:
                                                                tuple[str, ...]] | None:
         """The rewrite with parameter slots as ``$n``: (text, type oids, values), or None
         when no literal of this statement can be a parameter."""
-        if not any(self.slots) or lits.classes != self.classes:
-            return None
+        return self.fill_both(sql, lits)[1]
+
+    def fill_both(self, sql: str, lits: Literals):
+        """``(fill(sql, lits), parameterized(sql, lits))`` in one pass."""
+        if lits.classes != self.classes:
+            return None, None
+        if not any(self.slots):
+            return self.fill(sql, lits), None
         spans = lits.spans
-        out = [self.parts[0]]
+        parts = self.parts
+        out = [parts[0]]
+        pout = [parts[0]]
         types: list[int] = []
         values: list[str] = []
         for gap, idx in enumerate(self.order):
             start, stop, cls = spans[idx]
             text = sql[start:stop]
+            out.append(text)
             pv = param_value(text, cls) if self.slots[gap] else None
             if pv is None:
-                out.append(text)
+                pout.append(text)
             else:
                 types.append(pv[0])
                 values.append(pv[1])
-                out.append(f" ${len(values)} ")
-            out.append(self.parts[gap + 1])
-        if not values:
-            return None
-        return "".join(out), tuple(types), tuple(values)
+                pout.append(f" ${len(values)} ")
+            out.append(parts[gap + 1])
+            pout.append(parts[gap + 1])
+        form = ("".join(pout), tuple(types), tuple(values)) if values else None
+        return "".join(out), form
 
 
 def make_template(rewritten: str, probe: Probe) -> Template | None:

@@ -247,12 +247,10 @@ class Guard:
             return None
         if d.action == "rewrite":
             self._after_decision(d)
-            source = d.__dict__.get("param_source")
-            if (source is not None and self.stmt_cache is not None and not self.ext_open
+            form = d.__dict__.get("param_form")
+            if (form is not None and self.stmt_cache is not None and not self.ext_open
                     and not d.grants_used and d.kind == "select"):
-                form = source[0].parameterized(source[1], source[2])
-                if form is not None:
-                    return self._query_as_prepared(*form)
+                return self._query_as_prepared(*form)
             return m.encode_query(d.sql)
         return m.encode_query(self._poison(_denial(d)))
 

@@ -269,8 +269,10 @@ class PolicyRuntime:
                 entry = d
             elif d.action == "rewrite":
                 entry = self._learn_template(sql, lits, user, search_path, catalog, settings)
-                if entry is not None and entry[1].slots and entry[1].fill(sql, lits) == d.sql:
-                    d = _with_params(d, entry[1], sql, lits)  # this very text, prepared too
+                if entry is not None and entry[1].slots:
+                    text, form = entry[1].fill_both(sql, lits)
+                    if form is not None and text == d.sql:
+                        d = _with_params(d, form)  # this very text is prepared too
             if entry is not None:
                 self.cache.put(tkey, entry)
                 if skey is not None:
@@ -299,20 +301,20 @@ def _from_template(hit, sql: str, lits) -> Decision | None:
     if isinstance(hit, Decision):
         return hit  # a literal-free forward decision: the client's own text is sent
     pd, tpl = hit
-    text = tpl.fill(sql, lits)
+    text, form = tpl.fill_both(sql, lits)
     if text is None:
         return None
     d = object.__new__(Decision)  # dataclasses.replace, without re-running __init__
     d.__dict__.update(pd.__dict__)
     d.__dict__["sql"] = text
-    if tpl.slots:
+    if form is not None:
         # the guard may send it as a prepared statement with parameters (stmt_cache)
-        d.__dict__["param_source"] = (tpl, sql, lits)
+        d.__dict__["param_form"] = form
     return d
 
 
-def _with_params(d: Decision, tpl, sql: str, lits) -> Decision:
+def _with_params(d: Decision, form) -> Decision:
     out = object.__new__(Decision)
     out.__dict__.update(d.__dict__)
-    out.__dict__["param_source"] = (tpl, sql, lits)
+    out.__dict__["param_form"] = form
     return out
