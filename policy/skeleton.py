@@ -26,10 +26,13 @@ from .template import Literals
 #: characters that, right before an opening quote, make it a prefixed string (E'', U&'')
 _PREFIX = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_&'")
 
-#: plain string literals and unsigned decimal numbers, captured so ``split`` keeps them
+#: plain string literals and unsigned decimal numbers, captured so ``split`` keeps them. A
+#: number may not touch a letter, digit, '_' or '.' on either side; the check on the left is
+#: made after its first character so the engine can skip ahead to candidates quickly.
 _LITERAL = re.compile(
     r"('(?:[^']|'')*'"
-    r"|(?<![A-Za-z0-9_.])(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?(?![A-Za-z0-9_.]))"
+    r"|(?:\d(?<![A-Za-z0-9_.]\d)\d*(?:\.\d*)?|\.(?<![A-Za-z0-9_.]\.)\d+)"
+    r"(?:[eE][+-]?\d+)?(?![A-Za-z0-9_.]))"
 )
 
 #: a number the pattern above refused to take whole (glued to letters, '.', '_')

@@ -34,6 +34,10 @@ from .protocol import messages as m
 from .statements import StatementMap
 from .stmt_cache import StatementCache
 
+#: statement kinds that never change the search_path or drop prepared statements
+_PLAIN_KINDS = frozenset({"select", "insert", "update", "delete", "merge", "copy", "explain",
+                          "fetch", "show", "notify", "listen", "unlisten", "lock"})
+
 _DESCRIBE_UNNAMED_PORTAL = m.msg(b"D", b"P\x00")
 _EXECUTE_UNNAMED_ALL = m.msg(b"E", b"\x00\x00\x00\x00\x00")
 _SYNC_MSG = m.msg(b"S", b"")
@@ -141,7 +145,7 @@ class Guard:
             raise NeedCatalog()
         self._retried.discard(d.fingerprint)
         self.last = d
-        if d.action != "deny":
+        if d.action != "deny" and (d.session_effects or not _PLAIN_KINDS.issuperset(d.kinds)):
             changes = "search_path" in (d.session_effects or {})
             kinds = set(d.kinds)
             if changes and len(d.kinds) > 1 and d.kinds[-1] not in ("set", "reset"):

@@ -364,7 +364,8 @@ def encode_bind_text(portal: str, statement: str, values) -> bytes:
         parts.append(_I32.pack(len(raw)))
         parts.append(raw)
     parts.append(b"\x00\x00")
-    return msg(b"B", b"".join(parts))
+    body = b"".join(parts)
+    return b"B" + _U32.pack(len(body) + 4) + body
 
 
 def decode_describe_or_close(body: bytes) -> tuple[str, str]:
