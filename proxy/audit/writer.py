@@ -49,7 +49,7 @@ from .sinks import Sink, make_sink
 log = logging.getLogger("pgveil.audit")
 
 MAX_BATCH_RECORDS = 10_000
-BATCH_DELAY = 0.005  # fsync = "batch": seconds a group commit waits for more records
+BATCH_DELAY = 0.010  # fsync = "batch": seconds a group commit waits for more records
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 STALL_SECONDS = 30.0            # a sink that has not acknowledged anything for this long is unhealthy
 BACKOFF_START, BACKOFF_MAX = 0.05, 2.0
