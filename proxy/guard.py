@@ -34,6 +34,16 @@ from .protocol import messages as m
 from .statements import StatementMap
 from .stmt_cache import StatementCache
 
+def _confirmer(cache: StatementCache, name: str):
+    """Tells ``cache`` whether the server answered (True) or skipped the Parse of ``name``."""
+    def confirm(ok: bool) -> None:
+        if ok:
+            cache.confirm(name)
+        else:
+            cache.failed(name)
+    return confirm
+
+
 #: statement kinds that never change the search_path or drop prepared statements
 _PLAIN_KINDS = frozenset({"select", "insert", "update", "delete", "merge", "copy", "explain",
                           "fetch", "show", "notify", "listen", "unlisten", "lock"})
@@ -272,13 +282,7 @@ class Guard:
         out = [prefix]
         if new:
             out.append(m.encode_parse(m.Parse(name, sql, list(types))))
-
-            def confirm(ok: bool, name: str = name) -> None:
-                if ok:
-                    cache.confirm(name)
-                else:
-                    cache.failed(name)
-            sm.expect("1", True, confirm)
+            sm.expect("1", True, _confirmer(cache, name))
         out.append(m.encode_bind_text("", name, values))
         sm.expect("2", True)
         out.append(_DESCRIBE_UNNAMED_PORTAL + _EXECUTE_UNNAMED_ALL + _SYNC_MSG)
@@ -298,14 +302,8 @@ class Guard:
             data, closes, upstream, new = cache.parse(key, d.sql, p.param_types)
             for _ in range(closes):
                 self.stmts.expect("3", True)
-            confirm = None
-            if new is not None:
-                def confirm(ok: bool, name: str = new) -> None:
-                    if ok:
-                        cache.confirm(name)
-                    else:
-                        cache.failed(name)
-            self.stmts.parsed("", p.query, p.param_types, kept, upstream, confirm)
+            self.stmts.parsed("", p.query, p.param_types, kept, upstream,
+                              _confirmer(cache, new) if new is not None else None)
             return data
         self.stmts.parsed(p.name, p.query, p.param_types, kept)
         if isinstance(d, bytes):

@@ -44,10 +44,14 @@ class AuditSettings:
     url: str | None = None                  # postgresql://… for sink = "postgresql"
     instance: str = field(default_factory=socket.gethostname)
     max_pending: int = 100_000              # records held in memory while the sink is slow or down
+    writer: str = "process"                 # "process": seal and write in a writer process; "thread"
 
     def for_worker(self, n: int) -> "AuditSettings":
         """A copy for worker process ``n`` of ``--workers``: each keeps its own chain."""
         return dataclasses.replace(self, path=f"{self.path}.w{n}", instance=f"{self.instance}-w{n}")
+
+
+WRITERS = ("process", "thread")
 
 
 def _expect_str(key: str, value: Any, *, nonempty: bool = True) -> str:
@@ -108,6 +112,8 @@ def audit_settings_from_dict(raw: Mapping[str, Any], path_of_config: str) -> Aud
             s.url = url
         elif key == "instance":
             s.instance = _expect_str(key, value)
+        elif key == "writer":
+            s.writer = _expect_choice(key, value, WRITERS)
     if "path" not in raw:
         s.path = _resolve(s.path, base)
     if "key_file" not in raw:

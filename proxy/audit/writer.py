@@ -1,13 +1,16 @@
 """``AuditLog``: the proxy's one handle on the audit trail.
 
-The query path only ever *enqueues*: ``intent``/``complete``/``event`` build the record,
-chain it (``seq``, ``prev``) and seal it (HMAC) right away, on the event loop — a few
-microseconds of CPU, no I/O — and append the line to an in-memory queue. Chaining at
-enqueue time fixes the order: the log's order is the order of the calls.
+The query path only ever *enqueues*: ``intent``/``complete``/``event`` give the record its
+``seq`` and timestamp and append its JSON — without the ``prev`` and ``mac`` members — to
+an in-memory queue: no hashing, no I/O, under a microsecond. The ``seq`` fixes the order:
+the log's order is the order of the calls.
 
-One background task drains the queue into the sink: it takes everything queued, hands it to
-the sink as one batch (one write + one fsync, on the sink's own thread), and meanwhile new
-records pile up for the next batch. That is group commit: under load batches grow, fsyncs
+One background task drains the queue into the sink: it takes everything queued and hands it
+to the sink as one batch. By default the sink is the audit writer process
+(:mod:`.child`, ``writer = "process"``), which chains and seals the batch (:mod:`.sealing`)
+and writes it (one write + one fsync) on another core; with ``writer = "thread"`` (and for
+the stdout sink) the task seals the batch itself and the sink writes it on its own thread.
+Meanwhile new records pile up for the next batch. That is group commit: under load batches grow, fsyncs
 per record shrink, and nothing on the event loop waits for the disk.
 
 Durability and failure:
@@ -42,7 +45,8 @@ from typing import Any, Mapping
 from . import records
 from .errors import AuditUnavailable
 from .keys import key_id, load_or_create_key
-from .records import Sealer, StatementIntent, StatementResult, line_hash
+from .records import Sealer, StatementIntent, StatementResult
+from .sealing import seal_prefixes
 from .settings import AuditSettings
 from .sinks import Sink, make_sink
 
@@ -69,10 +73,12 @@ class AuditLog:
         self._batch_delay = BATCH_DELAY if settings.fsync == "batch" else 0.0
         self._instance_json = json.dumps(settings.instance, ensure_ascii=False).encode()
         self._literals = settings.include_literals
-        # chain state (of the last *enqueued* record)
+        self._sink_seals = bool(getattr(self._sink, "seals", False))
+        # the next seq to give out, and the chain's tip (hash of the last *written* line,
+        # used when this process seals; a sealing sink keeps its own)
         self._next_seq = 1
         self._prev = records.GENESIS
-        # queue of (seq, line, enqueued at monotonic)
+        # queue of (seq, record prefix without prev/mac, enqueued at monotonic)
         self._queue: deque[tuple[int, bytes, float]] = deque()
         self._durable_seq = 0
         self._waiters: list[tuple[int, int, asyncio.Future[bool], bool]] = []
@@ -238,14 +244,12 @@ class AuditLog:
                 self._unreported_drops += 1
                 return 0
         seq = self._next_seq
-        body = b'{"seq":%d,"ts":"%s","instance":%s,"type":"%s",%s,"prev":"%s"}' % (
-            seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment,
-            self._prev.encode())
-        line = body[:-1] + b',"mac":"' + self._sealer.mac(body).encode() + b'"}'
-        self._prev = line_hash(line)
         self._next_seq = seq + 1
-        self._queue.append((seq, line, time.monotonic()))
-        self._wake.set()
+        self._queue.append((seq, b'{"seq":%d,"ts":"%s","instance":%s,"type":"%s",%s' % (
+            seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment),
+            time.monotonic()))
+        if not self._wake.is_set():
+            self._wake.set()
         return seq
 
     def event(self, kind: str, fields: Mapping[str, Any] | None = None, /, *,
@@ -281,12 +285,11 @@ class AuditLog:
 
     def _append(self, type_: str, fields: Mapping[str, Any]) -> int:
         seq = self._next_seq
-        rec = records.build(seq, self.settings.instance, type_, fields, self._prev,
+        rec = records.build(seq, self.settings.instance, type_, fields, "",
                             include_literals=self._literals)
-        line = self._sealer.seal(rec)
-        self._prev = line_hash(line)
+        del rec["prev"]  # sealing appends prev and mac (see .sealing)
         self._next_seq = seq + 1
-        self._queue.append((seq, line, time.monotonic()))
+        self._queue.append((seq, records.encode(rec)[:-1], time.monotonic()))
         self._wake.set()
         return seq
 
@@ -345,7 +348,12 @@ class AuditLog:
                 nbytes += len(line)
             first = self._queue[0][0]
             try:
-                await self._sink.write(first, batch)
+                if self._sink_seals:
+                    await self._sink.write(first, batch)
+                else:
+                    lines, tip = seal_prefixes(self._sealer, self._prev, batch)
+                    await self._sink.write(first, lines)
+                    self._prev = tip
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

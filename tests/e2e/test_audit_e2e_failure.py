@@ -27,10 +27,24 @@ def _healthy(proxy) -> float:
     return sample(scrape(proxy.admin_port), "pgveil_audit_healthy", default=-1)
 
 
+def _pgveil_pids(pid: int) -> list[int]:
+    """The proxy and its processes (the audit writer process writes the log)."""
+    out = [pid]
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = open(f"/proc/{pid}/task/{task}/children").read().split()
+        except OSError:
+            continue
+        for child in children:
+            out.extend(_pgveil_pids(int(child)))
+    return out
+
+
 def _limit_file_size(proxy, size: int | None) -> None:
-    """Cap (or with None, uncap) the size of files the proxy process may write."""
+    """Cap (or with None, uncap) the size of files pgveil's processes may write."""
     soft = resource.RLIM_INFINITY if size is None else size
-    resource.prlimit(proxy.proc.pid, resource.RLIMIT_FSIZE, (soft, resource.RLIM_INFINITY))
+    for pid in _pgveil_pids(proxy.proc.pid):
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, resource.RLIM_INFINITY))
 
 
 def _assert_refused(exc: psycopg.Error) -> None:

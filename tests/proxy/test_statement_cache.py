@@ -80,7 +80,7 @@ def test_one_upstream_statement_serves_every_execution(proxy, shop):
         for i in range(1, 21):
             row = c.execute("SELECT id, name, email, ssn FROM people WHERE id = %s",
                             (i,)).fetchone()
-            assert row == (i, f"n{i}", f"u***@example.com", "REDACTED")
+            assert row == (i, f"n{i}", "u***@example.com", "REDACTED")
         cached = _cached(c)
         assert len(cached) == 1 and "pgveil_src" in cached[0][1]
         # binary results and Describe of the unnamed statement go to the cached one too
@@ -264,3 +264,31 @@ def test_simple_query_statement_is_reused_across_literals(proxy, shop):
                 i, "REDACTED")
         cached = _cached(c)
         assert len(cached) == 1 and "$1" in cached[0][1] and "REDACTED" in cached[0][1]
+
+
+def test_client_extended_batch_then_simple_query_in_one_write(proxy, shop):
+    """The client's own BindComplete is delivered, pgveil's is swallowed, in order."""
+    import struct
+
+    from helpers import RawConnection, message
+
+    def cstr(s: str) -> bytes:
+        return s.encode() + b"\x00"
+
+    sql = "SELECT id, ssn FROM people WHERE id = $1"
+    parse = message(b"P", cstr("") + cstr(sql) + struct.pack("!hI", 1, 23))
+    bind = message(b"B", cstr("") + cstr("") + struct.pack("!hh", 0, 1)  # no formats, 1 value
+                   + struct.pack("!i", 1) + b"2" + struct.pack("!h", 0))  # "2"; text results
+    execute = message(b"E", cstr("") + struct.pack("!i", 0))
+    sync = message(b"S")
+    query = message(b"Q", cstr("SELECT id, ssn FROM people WHERE id = 3"))
+    with RawConnection(proxy.host, proxy.port) as raw:
+        raw.startup(USER, shop)
+        for _ in range(3):  # the third time both sides use cached statements
+            raw.send(parse + bind + execute + sync + query)
+            first = [t for t, _ in raw.read_until(b"Z")]
+            second = raw.read_until(b"Z")
+            assert first == [b"1", b"2", b"D", b"C", b"Z"]
+            assert [t for t, _ in second] == [b"T", b"D", b"C", b"Z"]
+            row = second[1][1]
+            assert row.endswith(b"3" + struct.pack("!i", 8) + b"REDACTED")

@@ -10,7 +10,17 @@ from .stdout import StdoutSink
 
 
 def make_sink(settings: AuditSettings, sealer: Sealer) -> Sink:
-    """The sink ``settings.sink`` names."""
+    """The sink ``settings.sink`` names; file and PostgreSQL sinks run in the audit writer
+    process unless ``writer = "thread"``."""
+    if settings.writer == "process" and settings.sink in ("file", "postgresql"):
+        from .child import ChildSink
+
+        return ChildSink(settings, make_local_sink(settings, sealer).describe())
+    return make_local_sink(settings, sealer)
+
+
+def make_local_sink(settings: AuditSettings, sealer: Sealer) -> Sink:
+    """The sink ``settings.sink`` names, in this process."""
     if settings.sink == "stdout":
         return StdoutSink()
     if settings.sink == "postgresql":
@@ -21,4 +31,4 @@ def make_sink(settings: AuditSettings, sealer: Sealer) -> Sink:
     return FileSink(settings.path, sealer, settings.instance, settings.max_bytes)
 
 
-__all__ = ["ChainTip", "FileSink", "Sink", "StdoutSink", "make_sink"]
+__all__ = ["ChainTip", "FileSink", "Sink", "StdoutSink", "make_local_sink", "make_sink"]

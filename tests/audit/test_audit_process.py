@@ -1,0 +1,119 @@
+"""The audit writer process: same lines as sealing in the proxy, survives its own death,
+and writes what it received when the proxy dies."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from proxy.audit import AuditLog, AuditSettings
+from proxy.audit.sinks.child import ChildSink
+from proxy.audit.verify import verify_files
+
+from audit_helpers import intent_fields, key_of, lines_of, run, write_log
+
+
+def _process(settings: AuditSettings) -> AuditSettings:
+    return dataclasses.replace(settings, writer="process")
+
+
+def test_writer_process_writes_a_chain_that_verifies(settings: AuditSettings) -> None:
+    s = _process(settings)
+
+    async def main() -> AuditLog:
+        log = await write_log(s, 300)
+        assert isinstance(log._sink, ChildSink)  # type: ignore[attr-defined]
+        return log
+
+    log = run(main())
+    assert log.written == 602  # start + 300 × (intent, complete) + stop
+    report = verify_files(s.path, key_of(s))
+    assert report.ok and report.records == 602
+    # and a second run continues the same chain, sealed by a new process
+    run(write_log(s, 5))
+    report = verify_files(s.path, key_of(s))
+    assert report.ok and report.records == 614
+
+
+def test_same_lines_as_sealing_in_the_proxy(settings: AuditSettings, tmp_path) -> None:
+    """Byte for byte (but the timestamps): the format does not depend on where it is sealed."""
+    thread = dataclasses.replace(settings, path=str(tmp_path / "t.jsonl"), writer="thread")
+    proc = dataclasses.replace(settings, path=str(tmp_path / "p.jsonl"), writer="process")
+    for s in (thread, proc):
+        run(write_log(s, 3))
+
+    def shape(path):
+        out = []
+        for line in lines_of(path):
+            rec = json.loads(line)
+            out.append([k for k in rec] + [rec["type"], rec.get("seq")])
+        return out
+
+    assert shape(thread.path) == shape(proc.path)
+
+
+def test_writer_process_killed_is_restarted_and_the_chain_holds(settings: AuditSettings) -> None:
+    s = _process(settings)
+
+    async def main() -> AuditLog:
+        log = AuditLog(s)
+        await log.start()
+        for i in range(50):
+            log.complete(log.intent(intent_fields(n=i)), {"rows": 1, "sqlstate": "00000"})
+        await log.flush(10)
+        os.kill(log._sink._proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+        await log._sink._proc.wait()  # type: ignore[attr-defined]
+        for i in range(50, 100):
+            log.complete(log.intent(intent_fields(n=i)), {"rows": 1, "sqlstate": "00000"})
+        await log.flush(20)
+        await log.close()
+        return log
+
+    log = run(main())
+    report = verify_files(s.path, key_of(s))
+    assert report.ok, report
+    assert report.records == log.written == 202
+
+
+PROXY_STANDIN = r"""
+import asyncio, json, os, sys
+from proxy.audit import AuditLog, AuditSettings
+s = AuditSettings(**json.loads(sys.argv[1]))
+async def main():
+    log = AuditLog(s)
+    await log.start()
+    for i in range(200):
+        log.intent({"session": "s", "user": "u", "database": "d", "decision": "forward", "n": i})
+    # hand the batch to the writer process, then die without closing anything
+    await asyncio.sleep(0.2)
+    print("handed", log.written, flush=True)
+    os.kill(os.getpid(), 9)
+asyncio.run(main())
+"""
+
+
+def test_the_writer_process_outlives_a_killed_proxy_cleanly(settings: AuditSettings) -> None:
+    s = _process(settings)
+    proc = subprocess.run([sys.executable, "-c", PROXY_STANDIN, json.dumps(dataclasses.asdict(s))],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode == -9, proc.stderr
+    handed = int(proc.stdout.split()[-1])
+    assert handed >= 201  # start + 200 intents were acknowledged before the kill
+
+    async def settled() -> None:  # the orphaned writer finishes and exits on end of input
+        for _ in range(200):
+            if len(lines_of(s.path)) >= handed:
+                return
+            await asyncio.sleep(0.05)
+
+    run(settled())
+    # the orphaned writer saw end of input, closed the sink (head file included) and exited
+    report = verify_files(s.path, key_of(s))
+    assert report.ok, report
+    assert report.records >= handed
