@@ -78,12 +78,15 @@ class RecordsMixin:
 
     def _begin(self, info, extended: bool, raw: str | None = None) -> int:
         """A statement is sent: write its audit intent (may raise), then count it."""
+        cached = info.__dict__  # per-decision cache: decisions are shared, and immutable
         audit = self.server.audit
         rid = 0
         if audit is not None:
-            frag = self._session_fragment() + (
-                b'"protocol":"extended",' if extended else b'"protocol":"simple",') + \
-                statement_fragment(info)
+            stmt = cached.get("_audit_frag")
+            if stmt is None:
+                stmt = cached["_audit_frag"] = statement_fragment(info)
+            frag = (self._audit_frag or self._session_fragment()) + (
+                b'"protocol":"extended",' if extended else b'"protocol":"simple",') + stmt
             if raw is not None and audit.settings.include_literals:
                 if isinstance(raw, dict):  # extended: the Parse text and the Bind values
                     frag += b',"sql":' + json.dumps(raw.get("sql"), ensure_ascii=False).encode()
@@ -93,15 +96,17 @@ class RecordsMixin:
                     frag += b',"sql":' + json.dumps(raw, ensure_ascii=False).encode()
             rid = audit.intent_encoded(frag)
             self._last_rid = rid
-        metrics = self.server.metrics
-        action = info.action
-        metrics.statement(info.kind or "other", action).inc()
-        if action == "deny":
-            metrics.denials.labels(info.reason or "denied").inc()
+        counter = cached.get("_stmt_counter")
+        if counter is None:
+            counter = cached["_stmt_counter"] = self.server.metrics.statement(
+                info.kind or "other", info.action)
+        counter.value += 1
+        if info.action == "deny":
+            self.server.metrics.denials.labels(info.reason or "denied").inc()
         if info.masked:
-            metrics.masked_columns.inc(len(info.masked))
+            self.server.metrics.masked_columns.inc(len(info.masked))
         if info.grants_used:
-            metrics.grant_uses.inc()
+            self.server.metrics.grant_uses.inc()
             jit = self.server.jit
             if jit is not None:
                 for gid in info.grants_used:

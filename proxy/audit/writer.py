@@ -84,6 +84,7 @@ class AuditLog:
         self._waiters: list[tuple[int, int, asyncio.Future[bool], bool]] = []
         self._tiebreak = itertools.count()
         self._wake = asyncio.Event()
+        self._woken = False  # _wake was set since the writer last cleared it
         self._task: asyncio.Task[None] | None = None
         self._opened = False
         self._closing = False
@@ -223,6 +224,11 @@ class AuditLog:
         """Like :meth:`intent`, for a body already encoded as JSON members (``"k":v,...``,
         no braces, no reserved keys, no literal fields). The session caches the fragments
         of its own fields and of each statement, so a record costs no ``json.dumps``."""
+        q = self._queue
+        if (self._error is None and self._opened and not self._closing
+                and not self._unreported_drops and len(q) < self.settings.max_pending
+                and (not q or time.monotonic() - q[0][2] < STALL_SECONDS)):
+            return self._push(b"intent", fragment)  # healthy: the common case, inlined
         if not self.healthy and self._fail_closed:
             raise AuditUnavailable(self.last_error or "")
         return self._enqueue_encoded(b"intent", fragment)
@@ -230,7 +236,22 @@ class AuditLog:
     def complete_encoded(self, rid: int, fragment: bytes) -> int:
         if rid <= 0:
             return 0
-        return self._enqueue_encoded(b"complete", b'"rid":%d,' % rid + fragment)
+        fragment = b'"rid":%d,%s' % (rid, fragment)
+        if (self._opened and not self._closing and not self._unreported_drops
+                and len(self._queue) < self.settings.max_pending):
+            return self._push(b"complete", fragment)
+        return self._enqueue_encoded(b"complete", fragment)
+
+    def _push(self, type_: bytes, fragment: bytes) -> int:
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        self._queue.append((seq, b'{"seq":%d,"ts":"%s","instance":%s,"type":"%s",%s' % (
+            seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment),
+            time.monotonic()))
+        if not self._woken:
+            self._woken = True
+            self._wake.set()
+        return seq
 
     def _enqueue_encoded(self, type_: bytes, fragment: bytes) -> int:
         if (not self._opened or self._closing or self._unreported_drops
@@ -243,14 +264,7 @@ class AuditLog:
                 self.dropped += 1
                 self._unreported_drops += 1
                 return 0
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        self._queue.append((seq, b'{"seq":%d,"ts":"%s","instance":%s,"type":"%s",%s' % (
-            seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment),
-            time.monotonic()))
-        if not self._wake.is_set():
-            self._wake.set()
-        return seq
+        return self._push(type_, fragment)
 
     def event(self, kind: str, fields: Mapping[str, Any] | None = None, /, *,
               must: bool = False, **more: Any) -> int:
@@ -332,6 +346,7 @@ class AuditLog:
                 if self._closing:
                     return
                 self._wake.clear()
+                self._woken = False
                 await self._wake.wait()
                 continue
             if (self._batch_delay and not self._closing and not self._waiters
@@ -339,13 +354,15 @@ class AuditLog:
                 # group commit: let a few milliseconds of records gather, so one write and
                 # one fsync serve many statements instead of one or two
                 await asyncio.sleep(self._batch_delay)
-            batch: list[bytes] = []
-            nbytes = 0
-            for seq, line, _ in self._queue:
-                if len(batch) >= MAX_BATCH_RECORDS or (batch and nbytes + len(line) > MAX_BATCH_BYTES):
-                    break
-                batch.append(line)
-                nbytes += len(line)
+            batch = [item[1] for item in itertools.islice(self._queue, MAX_BATCH_RECORDS)]
+            if sum(map(len, batch)) > MAX_BATCH_BYTES:  # rare: huge records (include_literals)
+                nbytes, keep = 0, 0
+                for line in batch:
+                    if keep and nbytes + len(line) > MAX_BATCH_BYTES:
+                        break
+                    nbytes += len(line)
+                    keep += 1
+                del batch[keep:]
             first = self._queue[0][0]
             try:
                 if self._sink_seals:
@@ -369,8 +386,9 @@ class AuditLog:
                 log.warning("audit: %s writable again", self._sink.describe())
             self._error = None
             backoff = BACKOFF_START
-            for _ in batch:
-                self._queue.popleft()
+            popleft = self._queue.popleft
+            for _ in range(len(batch)):
+                popleft()
             self._durable_seq = first + len(batch) - 1
             self.written += len(batch)
             self.batches += 1
