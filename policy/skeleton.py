@@ -55,6 +55,7 @@ def split(sql: str) -> tuple[str, Literals] | None:
     if "'" in skeleton or _DIGIT_LEFT.search(skeleton) is not None and _digits_unsafe(texts):
         return None
     spans: list[tuple[int, int, str]] = []
+    classes: list[str] = []
     pos = len(parts[0])
     for i in range(1, len(parts), 2):
         text = parts[i]
@@ -68,8 +69,9 @@ def split(sql: str) -> tuple[str, Literals] | None:
         else:
             cls = "FCONST"
         spans.append((pos, stop, cls))
+        classes.append(cls)
         pos = stop + len(parts[i + 1])
-    return skeleton, Literals(tuple(spans))
+    return skeleton, Literals(tuple(spans), tuple(classes))
 
 
 def _digits_unsafe(pieces: list[str]) -> bool:

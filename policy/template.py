@@ -31,9 +31,11 @@ class Literals:
 
     __slots__ = ("spans", "classes")
 
-    def __init__(self, spans: tuple[tuple[int, int, str], ...]) -> None:
+    def __init__(self, spans: tuple[tuple[int, int, str], ...],
+                 classes: tuple[str, ...] | None = None) -> None:
         self.spans = spans
-        self.classes: tuple[str, ...] = tuple(c for _, _, c in spans)
+        self.classes: tuple[str, ...] = (
+            classes if classes is not None else tuple(c for _, _, c in spans))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Literals) and other.spans == self.spans

@@ -174,16 +174,16 @@ class PolicyRuntime:
         st = self.catalogs.get(database)
         version = st.version if st is not None else 0
         sp = parameters.get("search_path", '"$user", public')
-        key = ("classify", sql, database, version, sp)
-        d = self.cache.get(key)
-        if d is not None:
-            return d
         fast = split(sql)
-        if fast is not None:
+        if fast is not None:  # the skeleton stands for the exact text too
             skey = ("classify-sk", fast[0], database, version, sp)
             d = self.cache.get(skey)
             if d is not None:
                 return d
+        key = ("classify", sql, database, version, sp)
+        d = self.cache.get(key)
+        if d is not None:
+            return d
         fp, spans = scan(sql)
         tkey = ("classify-fp", fp, database, version, sp) if spans else None
         if tkey is not None:
