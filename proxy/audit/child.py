@@ -1,7 +1,8 @@
 """The audit writer process: seals queued records and writes them to the sink.
 
-The proxy starts one per audit log (``python -m proxy.audit.child``, settings in the
-environment) so that HMAC, hashing, writes and fsyncs use another core instead of the
+The proxy starts one per audit log (``python -m proxy.audit.child``; its settings arrive
+as the first line of its input, not in the environment, since a PostgreSQL sink's URL may
+hold a password) so that HMAC, hashing, writes and fsyncs use another core instead of the
 event loop's. The proxy keeps the queue, the sequence numbers and every decision about
 failing closed; this process is a sink that also seals (see :mod:`.sinks.child`).
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import struct
 import sys
 
@@ -30,7 +30,6 @@ from .records import Sealer
 from .sealing import seal_prefixes
 from .settings import AuditSettings
 
-ENV = "PGVEIL_AUDIT_CHILD"
 _HEAD = struct.Struct("!QI")
 
 
@@ -45,14 +44,18 @@ def _reply(out, obj) -> None:
     out.flush()
 
 
-async def serve(settings: AuditSettings, stdin, out) -> None:
+async def serve(stdin, out) -> None:
     from .sinks import make_local_sink
 
-    sealer = Sealer(load_or_create_key(settings.key_file))
-    sink = make_local_sink(settings, sealer)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**31 - 1)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
+    first = await reader.readline()
+    if not first:
+        return
+    settings = AuditSettings(**json.loads(first))
+    sealer = Sealer(load_or_create_key(settings.key_file))
+    sink = make_local_sink(settings, sealer)
     last_seq, last_hash, opened = 0, "", False
     try:
         while True:
@@ -100,8 +103,6 @@ async def serve(settings: AuditSettings, stdin, out) -> None:
 
 
 def main() -> None:
-    raw = json.loads(os.environ[ENV])
-    settings = AuditSettings(**raw)
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write to the reply channel
     try:
@@ -110,7 +111,7 @@ def main() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency
         pass
-    asyncio.run(serve(settings, sys.stdin.buffer, out))
+    asyncio.run(serve(sys.stdin.buffer, out))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import os
 import struct
 import sys
 
@@ -47,11 +46,12 @@ class ChildSink(Sink):
         return self._describe
 
     async def _spawn(self) -> None:
-        env = dict(os.environ)
-        env["PGVEIL_AUDIT_CHILD"] = json.dumps(dataclasses.asdict(self.settings))
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "proxy.audit.child",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env)
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert self._proc.stdin is not None
+        # the settings go first, on the pipe: a sink URL may hold a password
+        self._proc.stdin.write(json.dumps(dataclasses.asdict(self.settings)).encode() + b"\n")
 
     async def _ask(self, request: bytes) -> dict:
         proc = self._proc
