@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import struct
 import sys
 
@@ -103,6 +104,11 @@ async def serve(stdin, out) -> None:
 
 
 def main() -> None:
+    # Ctrl-C in a terminal, or a service manager stopping the whole group, signals this
+    # process too; it must still write what the proxy flushes while shutting down. It
+    # ends when its input does: the proxy closed it, or the proxy is gone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write to the reply channel
     try:

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 
@@ -117,3 +118,26 @@ def test_the_writer_process_outlives_a_killed_proxy_cleanly(settings: AuditSetti
     report = verify_files(s.path, key_of(s))
     assert report.ok, report
     assert report.records >= handed
+
+
+def test_writer_ignores_group_signals_and_ends_with_its_input(settings: AuditSettings) -> None:
+    """Ctrl-C or a service manager signals the whole group: the writer must outlive the
+    proxy's shutdown (which still flushes records to it) and end only with its input."""
+    s = _process(settings)
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.audit.child"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(dataclasses.asdict(s)).encode() + b"\n" + b"O")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["ok"]
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    prefix = b'{"seq":1,"ts":"2026-01-01T00:00:00.000000Z","instance":"test-1","type":"event","event":"x"'
+    proc.stdin.write(b"W" + struct.pack("!QI", 1, len(prefix)) + prefix)
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline()) == {"ok": True}  # still there, still writing
+    proc.stdin.close()
+    assert proc.wait(10) == 0
+    report = verify_files(s.path, key_of(s))
+    assert report.ok and report.records == 1
