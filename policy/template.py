@@ -129,7 +129,9 @@ class Template:
         """``(fill(sql, lits), parameterized(sql, lits))`` in one pass."""
         if lits.classes != self.classes:
             return None, None
-        if not any(self.slots):
+        if not any(self.slots) or "$" in sql:
+            # "$": the client's own text may hold a parameter reference ($1 in a simple
+            # Query is an error) or a dollar quote; never let ours change what it means
             return self.fill(sql, lits), None
         spans = lits.spans
         parts = self.parts

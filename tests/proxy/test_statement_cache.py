@@ -206,6 +206,9 @@ SIMPLE_BATTERY = [
     "SELECT id, ssn FROM people WHERE id = -3 OR id = 10",
     "SELECT 'x' AS lit, ssn FROM people WHERE id = 1",
     "SELECT id, ssn FROM people WHERE name = 'n1' AND id = 1",
+    "SELECT id, ssn FROM people WHERE id = 5 AND name = $1",  # no parameters in a Query
+    "SELECT id, ssn FROM people WHERE id = 6 AND name = $1",
+    "SELECT id, ssn FROM people WHERE id = 7 AND name <> $$x$$",
 ]
 
 
