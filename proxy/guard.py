@@ -250,6 +250,9 @@ class Guard:
 
     def client_query(self, body: bytes) -> bytes | None:
         """Replacement Query message, or None to forward the original."""
+        # PostgreSQL drops the unnamed statement at every simple Query: so do the map's
+        # redirections of it (to a cached or re-prepared statement)
+        self.stmts.prepared.pop("", None)
         sql = m.decode_query(body)
         d = self._decide(sql)
         if isinstance(d, bytes):

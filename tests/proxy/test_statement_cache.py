@@ -295,3 +295,32 @@ def test_client_extended_batch_then_simple_query_in_one_write(proxy, shop):
             assert [t for t, _ in second] == [b"T", b"D", b"C", b"Z"]
             row = second[1][1]
             assert row.endswith(b"3" + struct.pack("!i", 8) + b"REDACTED")
+
+
+def test_a_simple_query_drops_the_unnamed_statement_as_postgres_does(proxy, shop):
+    """After a Query, Bind of the unnamed statement fails (26000) even when pgveil had
+    pointed it at a cached statement."""
+    import struct
+
+    from helpers import RawConnection, message, parse_error_fields
+
+    def cstr(s: str) -> bytes:
+        return s.encode() + b"\x00"
+
+    parse = message(b"P", cstr("") + cstr("SELECT id, ssn FROM people WHERE id = $1")
+                    + struct.pack("!hI", 1, 23))
+    bind = message(b"B", cstr("") + cstr("") + struct.pack("!hh", 0, 1) + struct.pack("!i", 1)
+                   + b"4" + struct.pack("!h", 0))
+    execute = message(b"E", cstr("") + struct.pack("!i", 0))
+    sync = message(b"S")
+    with RawConnection(proxy.host, proxy.port) as raw:
+        raw.startup(USER, shop)
+        for _ in range(2):  # the second Parse is served from the cache
+            raw.send(parse + bind + execute + sync)
+            assert [t for t, _ in raw.read_until(b"Z")] == [b"1", b"2", b"D", b"C", b"Z"]
+        raw.send(message(b"Q", cstr("SELECT 1")))
+        raw.read_until(b"Z")
+        raw.send(bind + execute + sync)
+        answer = raw.read_until(b"Z")
+        assert answer[0][0] == b"E", answer
+        assert parse_error_fields(answer[0][1])["C"] == "26000"
