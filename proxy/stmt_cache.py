@@ -8,7 +8,7 @@ than the client's own statement. So, per session, the *rewritten* text is prepar
 upstream under a name of pgveil's, and later ``Parse("")`` of the same text becomes::
 
     client:   Parse("", text)          Bind("", "")              Describe(S, "")
-    upstream: Parse("", "")            Bind("", "pgveil_c3")     Describe(S, "pgveil_c3")
+    upstream: Parse("", "")            Bind("", "pgveil_c…_3")   Describe(S, "pgveil_c…_3")
 
 The empty Parse costs the server nothing and answers the client's ParseComplete in order.
 
@@ -16,7 +16,7 @@ A masked simple-protocol Query whose literals can be parameters (:mod:`policy.pa
 sent the same way, as one extended-protocol batch the client never sees::
 
     client:   Query("SELECT … WHERE id = 5")
-    upstream: [Parse("pgveil_c3", "SELECT … WHERE id = $1")] Bind("", "pgveil_c3", "5")
+    upstream: [Parse("pgveil_c…_3", "SELECT … WHERE id = $1")] Bind("", "pgveil_c…_3", "5")
               Describe(P, "") Execute("", 0) Sync
 
 ParseComplete and BindComplete are swallowed; RowDescription, DataRow, CommandComplete,
@@ -36,6 +36,7 @@ grant are never cached: they must be re-decided when the grant ends.
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict
 
 from .protocol import messages as m
@@ -48,10 +49,12 @@ _EMPTY_PARSE = m.encode_parse(m.Parse("", "", []))
 
 
 class StatementCache:
-    __slots__ = ("limit", "ready", "pending", "counter", "to_close", "hits", "created")
+    __slots__ = ("limit", "ready", "pending", "counter", "to_close", "hits", "created", "prefix")
 
     def __init__(self, limit: int = LIMIT) -> None:
         self.limit = limit
+        # a per-session random part: a client's own statement cannot take a name of ours
+        self.prefix = f"pgveil_c{secrets.token_hex(3)}_"
         self.ready: OrderedDict[tuple, str] = OrderedDict()  # key -> confirmed upstream name
         self.pending: dict[str, tuple] = {}  # upstream name -> key, Parse not yet answered
         self.counter = 0
@@ -72,7 +75,7 @@ class StatementCache:
             return prefix, closes, name, False
         self.counter += 1
         self.created += 1
-        name = f"pgveil_c{self.counter}"
+        name = f"{self.prefix}{self.counter}"
         self.pending[name] = key
         return prefix, closes, name, True
 
