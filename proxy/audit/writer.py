@@ -48,7 +48,7 @@ from .keys import key_id, load_or_create_key
 from .records import Sealer, StatementIntent, StatementResult
 from .sealing import seal_prefixes
 from .settings import AuditSettings
-from .sinks import Sink, make_sink
+from .sinks import Sink, make_local_sink, make_sink
 
 log = logging.getLogger("pgveil.audit")
 
@@ -65,10 +65,16 @@ class AuditLog:
     def __init__(self, settings: AuditSettings, *, sink: Sink | None = None,
                  key: bytes | None = None) -> None:
         self.settings = settings
+        explicit_key = key is not None
         key = key if key is not None else load_or_create_key(settings.key_file)
         self.key_id = key_id(key)
         self._sealer = Sealer(key)
-        self._sink = sink if sink is not None else make_sink(settings, self._sealer)
+        if sink is None:
+            # the writer process reads the key from key_file: a key handed in directly
+            # (tests, tools) stays with a sink in this process
+            sink = (make_local_sink(settings, self._sealer) if explicit_key
+                    else make_sink(settings, self._sealer))
+        self._sink = sink
         self._fail_closed = settings.on_failure == "fail_closed"
         self._batch_delay = BATCH_DELAY if settings.fsync == "batch" else 0.0
         self._instance_json = json.dumps(settings.instance, ensure_ascii=False).encode()
