@@ -119,14 +119,10 @@ class Template:
         return "".join(out)
 
 
-    def parameterized(self, sql: str, lits: Literals) -> tuple[str, tuple[int, ...],
-                                                               tuple[str, ...]] | None:
-        """The rewrite with parameter slots as ``$n``: (text, type oids, values), or None
-        when no literal of this statement can be a parameter."""
-        return self.fill_both(sql, lits)[1]
-
     def fill_both(self, sql: str, lits: Literals):
-        """``(fill(sql, lits), parameterized(sql, lits))`` in one pass."""
+        """``fill(sql, lits)`` and, in the same pass, the parameter form: the rewrite with
+        each parameter slot as ``$n`` — ``(text, type oids, values)`` — or None when no
+        literal of this statement can be a parameter."""
         if lits.classes != self.classes:
             return None, None
         if not any(self.slots) or "$" in sql:

@@ -34,6 +34,7 @@ from .protocol import messages as m
 from .statements import StatementMap
 from .stmt_cache import StatementCache
 
+
 def _confirmer(cache: StatementCache, name: str):
     """Tells ``cache`` whether the server answered (True) or skipped the Parse of ``name``."""
     def confirm(ok: bool) -> None:
@@ -48,6 +49,7 @@ def _confirmer(cache: StatementCache, name: str):
 _PLAIN_KINDS = frozenset({"select", "insert", "update", "delete", "merge", "copy", "explain",
                           "fetch", "show", "notify", "listen", "unlisten", "lock"})
 
+_EMPTY_PARSE = m.encode_parse(m.Parse("", "", []))
 _DESCRIBE_UNNAMED_PORTAL = m.msg(b"D", b"P\x00")
 _EXECUTE_UNNAMED_ALL = m.msg(b"E", b"\x00\x00\x00\x00\x00")
 _SYNC_MSG = m.msg(b"S", b"")
@@ -271,23 +273,29 @@ class Guard:
             return m.encode_query(d.sql)
         return m.encode_query(self._poison(_denial(d)))
 
-    def _query_as_prepared(self, sql: str, types: tuple[int, ...],
-                           values: tuple[str, ...]) -> bytes:
-        """A masked simple Query as one extended batch on a cached upstream statement."""
+    def _cached_statement(self, sql: str, types) -> tuple[list[bytes], str, bool]:
+        """Messages to send first (Closes of evicted statements, a Parse if ``sql`` is not
+        prepared upstream yet), and the upstream name for ``sql`` with these types."""
         cache = self.stmt_cache
         assert cache is not None
         st = self.runtime.catalogs.get(self.database)
-        key = (sql, types, st.version if st is not None else 0)
-        prefix, closes, name, new = cache.lookup(key)
-        sm = self.stmts
+        prefix, closes, name, new = cache.lookup(
+            (sql, tuple(types), st.version if st is not None else 0))
         for _ in range(closes):
-            sm.expect("3", True)
+            self.stmts.expect("3", True)
         out = [prefix]
         if new:
             out.append(m.encode_parse(m.Parse(name, sql, list(types))))
-            sm.expect("1", True, _confirmer(cache, name))
+        return out, name, new
+
+    def _query_as_prepared(self, sql: str, types: tuple[int, ...],
+                           values: tuple[str, ...]) -> bytes:
+        """A masked simple Query as one extended batch on a cached upstream statement."""
+        out, name, new = self._cached_statement(sql, types)
+        if new:  # its ParseComplete is not the client's
+            self.stmts.expect("1", True, _confirmer(self.stmt_cache, name))
         out.append(m.encode_bind_text("", name, values))
-        sm.expect("2", True)
+        self.stmts.expect("2", True)
         out.append(_DESCRIBE_UNNAMED_PORTAL + _EXECUTE_UNNAMED_ALL + _SYNC_MSG)
         return b"".join(out)
 
@@ -296,18 +304,17 @@ class Guard:
         p = m.decode_parse(body)
         d = self._decide(p.query, extended=True)
         kept = d if not isinstance(d, bytes) and d.action in ("forward", "rewrite") else None
-        cache = self.stmt_cache
-        if (cache is not None and not p.name and kept is not None and d.action == "rewrite"
-                and not d.grants_used):
+        if (self.stmt_cache is not None and not p.name and kept is not None
+                and d.action == "rewrite" and not d.grants_used):
+            # the client's unnamed statement stands for pgveil's cached one; on a hit an
+            # empty Parse answers the client's ParseComplete in order
             self._after_decision(d)
-            st = self.runtime.catalogs.get(self.database)
-            key = (d.sql, tuple(p.param_types), st.version if st is not None else 0)
-            data, closes, upstream, new = cache.parse(key, d.sql, p.param_types)
-            for _ in range(closes):
-                self.stmts.expect("3", True)
-            self.stmts.parsed("", p.query, p.param_types, kept, upstream,
-                              _confirmer(cache, new) if new is not None else None)
-            return data
+            out, name, new = self._cached_statement(d.sql, p.param_types)
+            if not new:
+                out.append(_EMPTY_PARSE)
+            self.stmts.parsed("", p.query, p.param_types, kept, name,
+                              _confirmer(self.stmt_cache, name) if new else None)
+            return b"".join(out)
         self.stmts.parsed(p.name, p.query, p.param_types, kept)
         if isinstance(d, bytes):
             return m.encode_parse(m.Parse(p.name, self._poison(d), p.param_types))

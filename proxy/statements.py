@@ -59,7 +59,8 @@ class StatementMap:
 
     # ------------------------------------------------------------------ bookkeeping
     def expect(self, kind: str, swallow: bool, confirm=None) -> None:
-        """An answer ('1' or '3') is due for a message sent now. ``confirm``: a callback
+        """An answer ('1' ParseComplete, '2' BindComplete of an injected Bind, '3'
+        CloseComplete) is due for a message sent now. ``confirm``: a callback
         ``(ok)`` told whether the server answered it (True) or skipped it (False)."""
         q = self.answers.parse if kind == "1" else (
             self.answers.close if kind == "3" else self.answers.bind)

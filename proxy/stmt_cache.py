@@ -45,8 +45,6 @@ from .protocol import messages as m
 #: one is closed beyond this
 LIMIT = 64
 
-_EMPTY_PARSE = m.encode_parse(m.Parse("", "", []))
-
 
 class StatementCache:
     __slots__ = ("limit", "ready", "pending", "counter", "to_close", "hits", "created", "prefix")
@@ -78,17 +76,6 @@ class StatementCache:
         name = f"{self.prefix}{self.counter}"
         self.pending[name] = key
         return prefix, closes, name, True
-
-    def parse(self, key: tuple, sql: str,
-              param_types: list[int]) -> tuple[bytes, int, str, str | None]:
-        """For a client's unnamed Parse of ``sql`` (rewritten): the messages to send, how many
-        injected Close messages lead them (their CloseComplete is not the client's), the
-        upstream name the unnamed statement now stands for, and the name whose
-        ParseComplete confirms it (None on a hit)."""
-        prefix, closes, name, new = self.lookup(key)
-        if not new:
-            return prefix + _EMPTY_PARSE, closes, name, None
-        return prefix + m.encode_parse(m.Parse(name, sql, param_types)), closes, name, name
 
     def confirm(self, name: str) -> None:
         """The server answered the Parse of ``name``: it exists upstream now."""
