@@ -38,9 +38,6 @@ from .config import Settings
 
 log = logging.getLogger("pgveil.policy")
 
-#: Settings reported by the server that change how SQL text is read.
-LEXER_SETTINGS = ("standard_conforming_strings", "backslash_quote", "search_path")
-
 
 @dataclass
 class CatalogState:
@@ -233,6 +230,7 @@ class PolicyRuntime:
             raise LookupError(st.error if st is not None and st.error else "not loaded")
         assert self.policy is not None
         grants_version = self.grants_version if self.grants.for_user(user) else 0
+        # the lexer settings the server reports change how the text is read: part of the key
         context = (user, database, search_path, st.version, self.policy_version, grants_version,
                    settings.get("standard_conforming_strings"), settings.get("backslash_quote"))
         key = (sql, context)
