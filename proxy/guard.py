@@ -31,6 +31,7 @@ from policy.names import parse_search_path
 from policy.scrub import scrub_error_fields
 
 from .protocol import messages as m
+from .query_plans import QueryPlans
 from .statements import StatementMap
 from .stmt_cache import StatementCache
 
@@ -110,6 +111,7 @@ class Guard:
         self.held: dict[str, tuple[str, str]] = {}  # approval key -> (request id, state)
         self.stmts = StatementMap()
         self.stmt_cache = StatementCache(statement_cache) if statement_cache > 0 else None
+        self.plans = QueryPlans() if self.stmt_cache is not None else None
         self.ext_open = False  # extended-protocol messages sent since the last Sync
         # grants used by statements sent and not yet answered: a single-use grant leaves the
         # live set as soon as its statement is sent, but that statement's own result must pass
@@ -256,6 +258,17 @@ class Guard:
         # redirections of it (to a cached or re-prepared statement)
         self.stmts.prepared.pop("", None)
         sql = m.decode_query(body)
+        plans = self.plans
+        if plans is not None and plans.plans and not self.path_dirty and not self.ext_open:
+            sent = plans.send(sql, self._context(), self.stmt_cache)  # type: ignore[arg-type]
+            if sent is not None:
+                d, out, closes = sent
+                for _ in range(closes):
+                    self.stmts.expect("3", True)
+                self.last = d
+                self._after_decision(d)
+                self.stmts.expect("2", True)
+                return out
         d = self._decide(sql)
         if isinstance(d, bytes):
             return m.encode_query(self._poison(d))
@@ -269,18 +282,33 @@ class Guard:
             form = d.__dict__.get("param_form")
             if (form is not None and self.stmt_cache is not None and not self.ext_open
                     and not d.grants_used and d.kind == "select"):
-                return self._query_as_prepared(*form)
+                out = self._query_as_prepared(*form)
+                if (plans is not None and not d.session_effects and not d.refresh_catalog
+                        and not self.path_dirty):
+                    plans.learn(sql, self._context(), d, form, self._cache_key(*form[:2]))
+                return out
             return m.encode_query(d.sql)
         return m.encode_query(self._poison(_denial(d)))
+
+    def _context(self) -> tuple:
+        """Everything besides the text that a cached decision of this session depends on
+        (the user and database are the guard's own)."""
+        st = self.runtime.catalogs.get(self.database)
+        p = self.parameters
+        return (p.get("search_path"), st.version if st is not None else -1,
+                self.runtime.policy_version, self.runtime.grants_version,
+                p.get("standard_conforming_strings"), p.get("backslash_quote"))
+
+    def _cache_key(self, sql: str, types) -> tuple:
+        st = self.runtime.catalogs.get(self.database)
+        return (sql, tuple(types), st.version if st is not None else 0)
 
     def _cached_statement(self, sql: str, types) -> tuple[list[bytes], str, bool]:
         """Messages to send first (Closes of evicted statements, a Parse if ``sql`` is not
         prepared upstream yet), and the upstream name for ``sql`` with these types."""
         cache = self.stmt_cache
         assert cache is not None
-        st = self.runtime.catalogs.get(self.database)
-        prefix, closes, name, new = cache.lookup(
-            (sql, tuple(types), st.version if st is not None else 0))
+        prefix, closes, name, new = cache.lookup(self._cache_key(sql, types))
         for _ in range(closes):
             self.stmts.expect("3", True)
         out = [prefix]
@@ -299,9 +327,8 @@ class Guard:
         out.append(_DESCRIBE_UNNAMED_PORTAL + _EXECUTE_UNNAMED_ALL + _SYNC_MSG)
         return b"".join(out)
 
-    def client_parse(self, body: bytes) -> bytes | None:
+    def client_parse(self, p: m.Parse) -> bytes | None:
         self.ext_open = True
-        p = m.decode_parse(body)
         d = self._decide(p.query, extended=True)
         kept = d if not isinstance(d, bytes) and d.action in ("forward", "rewrite") else None
         if (self.stmt_cache is not None and not p.name and kept is not None
@@ -332,10 +359,10 @@ class Guard:
         return bool(decision is not None and decision.grants_used
                     and not self.runtime.grants.all_live(decision.grants_used, time.time()))
 
-    def client_bind(self, body: bytes) -> bytes | None:
-        """Bind: re-prepare its statement if a grant it was prepared under has ended."""
+    def client_bind(self, body: bytes, portal: str, stmt: str) -> bytes | None:
+        """Bind (``body``, naming ``portal`` and ``stmt``): re-prepare its statement if a
+        grant it was prepared under has ended."""
         self.ext_open = True
-        portal, stmt, _ = m.decode_bind_names(body)
         sm = self.stmts
         sm.portals[portal] = stmt
         p = sm.prepared.get(stmt)
@@ -368,10 +395,10 @@ class Guard:
             return m.encode_bind_with_statement(body, p.upstream)
         return None
 
-    def client_execute(self, body: bytes) -> bytes | None:
-        """Execute: a portal bound under a grant that has ended is closed first."""
+    def client_execute(self, body: bytes, portal: str) -> bytes | None:
+        """Execute (``body``, of ``portal``): a portal bound under a grant that has ended is
+        closed first."""
         self.ext_open = True
-        portal = m.decode_execute_portal(body)
         stmt = self.stmts.portals.get(portal)
         if stmt is None:
             return None

@@ -270,7 +270,7 @@ class PolicyRuntime:
                 if entry is not None and entry[1].slots:
                     text, form = entry[1].fill_both(sql, lits)
                     if form is not None and text == d.sql:
-                        d = _with_params(d, form)  # this very text is prepared too
+                        d = _with_params(d, form, entry[1])  # this very text is prepared too
             if entry is not None:
                 self.cache.put(tkey, entry)
                 if skey is not None:
@@ -305,14 +305,16 @@ def _from_template(hit, sql: str, lits) -> Decision | None:
     d = object.__new__(Decision)  # dataclasses.replace, without re-running __init__
     d.__dict__.update(pd.__dict__)
     d.__dict__["sql"] = text
+    d.__dict__["template"] = tpl  # what a session's query plan replays (proxy.query_plans)
     if form is not None:
         # the guard may send it as a prepared statement with parameters (stmt_cache)
         d.__dict__["param_form"] = form
     return d
 
 
-def _with_params(d: Decision, form) -> Decision:
+def _with_params(d: Decision, form, tpl) -> Decision:
     out = object.__new__(Decision)
     out.__dict__.update(d.__dict__)
     out.__dict__["param_form"] = form
+    out.__dict__["template"] = tpl
     return out

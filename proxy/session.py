@@ -253,39 +253,36 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                         guard.stmts.end_batch()
                 elif mtype == _P:
                     t0 = time.perf_counter()
+                    parsed = m.decode_parse(buf[start + 5 : stop])
                     if guard is not None:
-                        rep = guard.client_parse(buf[start + 5 : stop])
+                        rep = guard.client_parse(parsed)
                         info = guard.last
                     else:
-                        parse = m.decode_parse(buf[start + 5 : stop])
-                        info = self._classify(parse.query)
+                        info = self._classify(parsed.query)
                     if tracker is not None:
-                        body = buf[start + 5 : stop]
-                        if self._logs_literals():
-                            parsed = m.decode_parse(body)
-                            tracker.parse(parsed.name, info, parsed.query)
-                        else:
-                            tracker.parse(m.decode_parse_name(body), info)
+                        tracker.parse(parsed.name, info,
+                                      parsed.query if self._logs_literals() else None)
                     self.server.metrics.added.observe(time.perf_counter() - t0)
                 elif mtype == _B:
+                    body = buf[start + 5 : stop]
+                    portal, stmt, _ = m.decode_bind_names(body)
                     if guard is not None:
-                        rep = guard.client_bind(buf[start + 5 : stop])
+                        rep = guard.client_bind(body, portal, stmt)
                     if tracker is not None:
-                        portal, stmt, _ = m.decode_bind_names(buf[start + 5 : stop])
-                        tracker.bind(portal, stmt, m.decode_bind_values(buf[start + 5 : stop])
+                        tracker.bind(portal, stmt, m.decode_bind_values(body)
                                      if self._logs_literals() else None)
                         if rep is not None and guard is not None:  # re-prepared: new decision
                             prepared = guard.stmts.prepared.get(stmt)
                             if prepared is not None and prepared.decision is not None:
                                 tracker.parse(stmt, prepared.decision)
                 elif mtype == _EXEC:
+                    portal = m.decode_execute_portal(buf[start + 5 : stop])
                     if guard is not None:
-                        rep = guard.client_execute(buf[start + 5 : stop])
+                        rep = guard.client_execute(buf[start + 5 : stop], portal)
                     if tracker is not None:
                         self._last_rid = 0
                         try:
-                            tracker.execute(m.decode_execute_portal(buf[start + 5 : stop]),
-                                            self._unknown_statement)
+                            tracker.execute(portal, self._unknown_statement)
                         except AuditUnavailable:
                             # refuse the batch: a Parse of a poison statement fails in-band
                             rep = m.encode_parse(m.Parse("", self._poison(self._audit_down()),

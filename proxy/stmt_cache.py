@@ -77,6 +77,18 @@ class StatementCache:
         self.pending[name] = key
         return prefix, closes, name, True
 
+    def ready_name(self, key: tuple) -> str | None:
+        """The confirmed upstream name for ``key`` (marked as just used), or None."""
+        name = self.ready.get(key)
+        if name is not None:
+            self.ready.move_to_end(key)
+            self.hits += 1
+        return name
+
+    def take_closes(self) -> bytes:
+        """Close messages for statements to drop, to send before anything else."""
+        return self._closes()
+
     def confirm(self, name: str) -> None:
         """The server answered the Parse of ``name``: it exists upstream now."""
         key = self.pending.pop(name, None)

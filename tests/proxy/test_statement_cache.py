@@ -205,6 +205,7 @@ SIMPLE_BATTERY = [
     "SELECT id, ssn FROM people WHERE name = 'n'\n'9'",
     "SELECT id, ssn FROM people WHERE id = -3 OR id = 10",
     "SELECT 'x' AS lit, ssn FROM people WHERE id = 1",
+    "SELECT 'y' AS lit, ssn FROM people WHERE id = 2",  # the same skeleton, another literal
     "SELECT id, ssn FROM people WHERE name = 'n1' AND id = 1",
     "SELECT id, ssn FROM people WHERE id = 5 AND name = $1",  # no parameters in a Query
     "SELECT id, ssn FROM people WHERE id = 6 AND name = $1",
@@ -217,7 +218,8 @@ def _simple_results(proxy, shop) -> list:
     with psycopg.connect(proxy.dsn(shop, user=USER), autocommit=True,
                          cursor_factory=psycopg.ClientCursor) as c:
         for sql in SIMPLE_BATTERY:
-            for _ in range(2):  # the second time the cached statement is used
+            # the second time the cached statement is used, the third a query plan
+            for _ in range(3):
                 try:
                     cur = c.execute(sql)
                     out.append((sql, [d.name for d in cur.description],
