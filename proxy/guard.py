@@ -329,6 +329,18 @@ class Guard:
 
     def client_parse(self, p: m.Parse) -> bytes | None:
         self.ext_open = True
+        plans = self.plans
+        if plans is not None and plans.parses and not p.name and not self.path_dirty:
+            hit = plans.parse(p.query, p.param_types, self._context(),
+                              self.stmt_cache)  # type: ignore[arg-type]
+            if hit is not None:
+                d, name, prefix, closes = hit
+                for _ in range(closes):
+                    self.stmts.expect("3", True)
+                self.last = d
+                self._after_decision(d)
+                self.stmts.parsed("", p.query, p.param_types, d, name, None)
+                return prefix + _EMPTY_PARSE
         d = self._decide(p.query, extended=True)
         kept = d if not isinstance(d, bytes) and d.action in ("forward", "rewrite") else None
         if (self.stmt_cache is not None and not p.name and kept is not None
@@ -339,6 +351,10 @@ class Guard:
             out, name, new = self._cached_statement(d.sql, p.param_types)
             if not new:
                 out.append(_EMPTY_PARSE)
+                if (plans is not None and not d.session_effects and not d.refresh_catalog
+                        and not self.path_dirty and _PLAIN_KINDS.issuperset(d.kinds)):
+                    plans.learn_parse(p.query, p.param_types, self._context(), d,
+                                      self._cache_key(d.sql, p.param_types))
             self.stmts.parsed("", p.query, p.param_types, kept, name,
                               _confirmer(self.stmt_cache, name) if new else None)
             return b"".join(out)

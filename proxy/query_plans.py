@@ -19,6 +19,10 @@ the same type, and every inline literal must have the same text — then the ful
 produce exactly this Bind, because the decision, the template and the parameter rules are
 functions of those inputs alone. Anything else falls through to the full way, which may
 learn a new plan. A statement under a grant never gets a plan.
+
+The extended protocol has its plans too: a client's unnamed ``Parse`` of a text (with its
+parameter types) that was masked and prepared upstream before is answered from the plan —
+the decision and the cached statement — under the same conditions.
 """
 
 from __future__ import annotations
@@ -54,14 +58,41 @@ class QueryPlan:
 
 
 class QueryPlans:
-    __slots__ = ("plans", "hits")
+    __slots__ = ("plans", "parses", "hits")
 
     def __init__(self) -> None:
         self.plans: dict[str, QueryPlan] = {}
+        #: (text, parameter types) -> (context, decision, statement cache key)
+        self.parses: dict[tuple, tuple] = {}
         self.hits = 0
 
     def clear(self) -> None:
         self.plans.clear()
+        self.parses.clear()
+
+    def parse(self, query: str, types: list[int], context: tuple,
+              cache: "StatementCache") -> tuple[Any, str, bytes, int] | None:
+        """``(decision, upstream name, Closes to send first, how many)`` for an unnamed
+        Parse of ``query`` by its plan, or None."""
+        key = (query, tuple(types))
+        hit = self.parses.get(key)
+        if hit is None:
+            return None
+        if hit[0] != context:
+            del self.parses[key]
+            return None
+        name = cache.ready_name(hit[2])
+        if name is None:
+            return None
+        closes = len(cache.to_close)
+        self.hits += 1
+        return hit[1], name, cache.take_closes() if closes else b"", closes
+
+    def learn_parse(self, query: str, types: list[int], context: tuple, decision,
+                    key: tuple) -> None:
+        if len(self.parses) >= LIMIT:
+            self.parses.clear()
+        self.parses[(query, tuple(types))] = (context, decision, key)
 
     def send(self, sql: str, context: tuple, cache: "StatementCache") -> tuple[Any, bytes,
                                                                               int] | None:

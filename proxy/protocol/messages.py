@@ -279,7 +279,7 @@ def encode_query(text: str) -> bytes:
     return msg(b"Q", cstr(text))
 
 
-@dataclass
+@dataclass(slots=True)
 class Parse:
     name: str
     query: str
@@ -287,8 +287,18 @@ class Parse:
 
 
 def decode_parse(body: bytes) -> Parse:
-    name, pos = _read_cstr(body, 0)
-    query, pos = _read_cstr(body, pos)
+    end = body.find(b"\x00")
+    stop = body.find(b"\x00", end + 1) if end >= 0 else -1
+    if stop < 0:
+        raise ProtocolViolation("unterminated string in message")
+    try:
+        name = body[:end].decode()
+        query = body[end + 1 : stop].decode()
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("invalid UTF-8 in message") from exc
+    pos = stop + 1
+    if pos + 2 == len(body) and body[pos] == 0 and body[pos + 1] == 0:
+        return Parse(name, query, [])  # no parameter types: the common case
     if pos + 2 > len(body):
         raise ProtocolViolation("malformed Parse message")
     (n,) = _I16.unpack_from(body, pos)
@@ -319,9 +329,14 @@ def decode_execute_portal(body: bytes) -> str:
 
 def decode_bind_names(body: bytes) -> tuple[str, str, int]:
     """Portal name, statement name, and where the rest of the Bind begins."""
-    portal, pos = _read_cstr(body, 0)
-    stmt, pos = _read_cstr(body, pos)
-    return portal, stmt, pos
+    end = body.find(b"\x00")
+    stop = body.find(b"\x00", end + 1) if end >= 0 else -1
+    if stop < 0:
+        raise ProtocolViolation("unterminated string in message")
+    try:
+        return body[:end].decode(), body[end + 1 : stop].decode(), stop + 1
+    except UnicodeDecodeError as exc:
+        raise ProtocolViolation("invalid UTF-8 in message") from exc
 
 
 def decode_bind_values(body: bytes) -> list[str | None]:

@@ -167,3 +167,54 @@ def test_a_dropped_cached_statement_is_prepared_again():
     g.stmt_cache.clear()  # DISCARD ALL, or the server lost it
     out = _send(g, sql)
     assert out[:1] == b"C" or b"P" in {out[i:i + 1] for i in _starts(out)}
+
+
+# -- the extended protocol: unnamed Parse of a text prepared before ---------------------------
+def _parse(g: Guard, sql: str, types: list[int] | None = None) -> bytes:
+    """What goes upstream for Parse("", sql) + Sync; the server's answers are fed back."""
+    out = g.client_parse(m.Parse("", sql, types or []))
+    g.ext_open = False
+    g.stmts.end_batch()
+    for pos in _starts(out):
+        if out[pos:pos + 1] == b"P":
+            g.server_message(49, _PC, False)
+    g.server_message(90, _Z, True)
+    return out
+
+
+EXTENDED = [
+    "SELECT id, name, email, ssn FROM customers WHERE id = $1",
+    "SELECT ssn FROM customers WHERE name = $1 LIMIT 2",
+    "SELECT email FROM customers",
+]
+
+
+def test_parse_plans_answer_as_the_full_way():
+    with_plans, without = _guard(_runtime()), _guard(_runtime(), plans=False)
+    for _ in range(3):
+        for sql in EXTENDED:
+            for types in ([], [25]):
+                a, b = _parse(with_plans, sql, types), _parse(without, sql, types)
+                assert _starts(a) == _starts(b) and a[:1] == b[:1], sql
+                ua, ub = with_plans.stmts.prepared[""], without.stmts.prepared[""]
+                key_a = next(k for k, v in with_plans.stmt_cache.ready.items()
+                             if v == ua.upstream)
+                key_b = next(k for k, v in without.stmt_cache.ready.items()
+                             if v == ub.upstream)
+                assert key_a == key_b and ua.decision.masked == ub.decision.masked
+    assert with_plans.plans.hits >= len(EXTENDED) * 2
+
+
+def test_a_new_grant_stops_the_parse_plan():
+    rt = _runtime()
+    g = _guard(rt)
+    sql = "SELECT id, ssn FROM customers WHERE id = $1"
+    for _ in range(3):
+        _parse(g, sql)
+    hits = g.plans.hits
+    assert hits >= 1
+    rt.set_grants(GrantSet([Grant(id="g1", user="analyst", table="public.customers",
+                                  columns=("ssn",), expires_at=4e9)]))
+    out = _parse(g, sql)
+    assert g.plans.hits == hits
+    assert g.last.grants_used == ("g1",) and b"pgveil_src.ssn," in out
