@@ -375,9 +375,9 @@ class Guard:
         return bool(decision is not None and decision.grants_used
                     and not self.runtime.grants.all_live(decision.grants_used, time.time()))
 
-    def client_bind(self, body: bytes, portal: str, stmt: str) -> bytes | None:
-        """Bind (``body``, naming ``portal`` and ``stmt``): re-prepare its statement if a
-        grant it was prepared under has ended."""
+    def client_bind(self, body: bytes, portal: str, stmt: str, rest: int = -1) -> bytes | None:
+        """Bind (``body``, naming ``portal`` and ``stmt``, its values from ``rest`` on):
+        re-prepare its statement if a grant it was prepared under has ended."""
         self.ext_open = True
         sm = self.stmts
         sm.portals[portal] = stmt
@@ -408,7 +408,7 @@ class Guard:
                 if g is not None:
                     self.inflight.append(g)
         if p.upstream != stmt:
-            return m.encode_bind_with_statement(body, p.upstream)
+            return m.encode_bind_with_statement(body, p.upstream, rest)
         return None
 
     def client_execute(self, body: bytes, portal: str) -> bytes | None:

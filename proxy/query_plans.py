@@ -27,12 +27,16 @@ the decision and the cached statement — under the same conditions.
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any
 
 from policy.params import param_value
-from policy.skeleton import split
+from policy.skeleton import split, split_texts
 
 from .protocol import messages as m
+
+_I16 = struct.Struct("!h")
+_I32 = struct.Struct("!i")
 
 if TYPE_CHECKING:
     from .stmt_cache import StatementCache
@@ -45,7 +49,8 @@ _TAIL = m.msg(b"D", b"P\x00") + m.msg(b"E", b"\x00\x00\x00\x00\x00") + m.msg(b"S
 
 
 class QueryPlan:
-    __slots__ = ("context", "decision", "classes", "slots", "types", "fixed", "key")
+    __slots__ = ("context", "decision", "classes", "slots", "types", "fixed", "key", "name",
+                 "bind_head")
 
     def __init__(self, context, decision, classes, slots, types, fixed, key) -> None:
         self.context = context
@@ -55,6 +60,22 @@ class QueryPlan:
         self.types = types  # type oid of each parameter
         self.fixed = fixed  # (literal index, exact text) of literals sent inline
         self.key = key  # the statement cache key of the prepared rewrite
+        self.name = ""  # the upstream name the Bind head below was made for
+        self.bind_head = b""
+
+    def bind(self, name: str, values: list[str]) -> bytes:
+        """Bind("", name, values): text parameters, text results."""
+        if name != self.name:
+            self.name = name
+            self.bind_head = b"\x00" + m.cstr(name) + b"\x00\x00" + _I16.pack(len(self.slots))
+        body = [self.bind_head]
+        for v in values:
+            raw = v.encode()
+            body.append(_I32.pack(len(raw)))
+            body.append(raw)
+        body.append(b"\x00\x00")
+        data = b"".join(body)
+        return b"B" + _I32.pack(len(data) + 4) + data
 
 
 class QueryPlans:
@@ -97,27 +118,24 @@ class QueryPlans:
     def send(self, sql: str, context: tuple, cache: "StatementCache") -> tuple[Any, bytes,
                                                                               int] | None:
         """``(decision, messages, Closes sent first)`` for ``sql`` by its plan, or None."""
-        fast = split(sql)
+        fast = split_texts(sql)
         if fast is None:
             return None
-        plan = self.plans.get(fast[0])
+        skeleton, texts, classes = fast
+        plan = self.plans.get(skeleton)
         if plan is None:
             return None
         if plan.context != context:
-            del self.plans[fast[0]]
+            del self.plans[skeleton]
             return None
-        lits = fast[1]
-        if lits.classes != plan.classes:
+        if classes != plan.classes:
             return None
-        spans = lits.spans
         for idx, text in plan.fixed:
-            start, stop, _ = spans[idx]
-            if sql[start:stop] != text:
+            if texts[idx] != text:
                 return None
         values = []
         for idx, typ in zip(plan.slots, plan.types):
-            start, stop, cls = spans[idx]
-            pv = param_value(sql[start:stop], cls)
+            pv = param_value(texts[idx], classes[idx])
             if pv is None or pv[0] != typ:
                 return None
             values.append(pv[1])
@@ -127,7 +145,7 @@ class QueryPlans:
         closes = len(cache.to_close)
         prefix = cache.take_closes() if closes else b""
         self.hits += 1
-        return plan.decision, prefix + m.encode_bind_text("", name, values) + _TAIL, closes
+        return plan.decision, prefix + plan.bind(name, values) + _TAIL, closes
 
     def learn(self, sql: str, context: tuple, decision, form, key: tuple) -> None:
         """Keep the plan of ``sql``, just sent the full way as ``form`` (text, types,

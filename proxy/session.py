@@ -45,6 +45,9 @@ from .states import (
 
 
 
+_GUARD_TYPES = frozenset(Guard.INTERESTING)
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """Hands the upstream socket's events to the session."""
 
@@ -265,9 +268,9 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                     self.server.metrics.added.observe(time.perf_counter() - t0)
                 elif mtype == _B:
                     body = buf[start + 5 : stop]
-                    portal, stmt, _ = m.decode_bind_names(body)
+                    portal, stmt, rest = m.decode_bind_names(body)
                     if guard is not None:
-                        rep = guard.client_bind(body, portal, stmt)
+                        rep = guard.client_bind(body, portal, stmt, rest)
                     if tracker is not None:
                         tracker.bind(portal, stmt, m.decode_bind_values(body)
                                      if self._logs_literals() else None)
@@ -304,7 +307,11 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                         tracker.close(what, name)
                 elif mtype == _DESCRIBE:
                     if guard is not None:
-                        rep = guard.client_describe(buf[start + 5 : stop])
+                        if stop - start == 7 and buf[start + 5] == 80 and buf[start + 6] == 0:
+                            # Describe(P, ""): nothing to point elsewhere
+                            guard.ext_open = True
+                        else:
+                            rep = guard.client_describe(buf[start + 5 : stop])
                 elif mtype == _FUNC:
                     if tracker is not None:
                         tracker.function_call(self._unknown_statement())
@@ -444,7 +451,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                             break
                 if tracker is not None:
                     tracker.error(sqlstate)
-            if guard is not None and not replaced:
+            if guard is not None and not replaced and (mtype in _GUARD_TYPES or guard.blocking):
                 dropping = guard.blocking  # after a failed wire check: drop all but Z
                 rep = guard.server_message(mtype, buf[start:stop], self.pending == 0)
                 if dropping or rep is not None:

@@ -30,7 +30,7 @@ from typing import Any
 from .protocol import messages as m
 
 
-@dataclass
+@dataclass(slots=True)
 class Prepared:
     query: str
     param_types: list[int]

@@ -365,10 +365,14 @@ def decode_bind_values(body: bytes) -> list[str | None]:
         raise ProtocolViolation("malformed Bind message") from exc
 
 
-def encode_bind_with_statement(body: bytes, statement: str) -> bytes:
-    """Re-emit a Bind with a different statement name, parameters untouched."""
-    portal, _, rest = decode_bind_names(body)
-    return msg(b"B", cstr(portal) + cstr(statement) + body[rest:])
+def encode_bind_with_statement(body: bytes, statement: str, rest: int = -1) -> bytes:
+    """Re-emit a Bind with a different statement name, parameters untouched. ``rest``:
+    where the Bind goes on after its two names, if the caller decoded them already."""
+    if rest < 0:
+        rest = decode_bind_names(body)[2]
+    portal_end = body.index(b"\x00") + 1
+    out = body[:portal_end] + statement.encode() + b"\x00" + body[rest:]
+    return b"B" + _U32.pack(len(out) + 4) + out
 
 
 def encode_bind_text(portal: str, statement: str, values) -> bytes:

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from policy.skeleton import matches, split
+from policy.skeleton import matches, split, split_texts
 from policy.template import literals
 
 
@@ -102,3 +102,22 @@ def test_same_skeleton_lexes_the_same(sql, data):
         return  # refused: decided the slow way
     if fast2[0] == fast[0] and fast2[1].classes == fast[1].classes:
         assert matches(fast2[1], literals(other)), (sql, other)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_PIECE, max_size=14).map("".join))
+def test_split_texts_agrees_with_split(sql):
+    fast, texts = split(sql), split_texts(sql)
+    if fast is None:
+        assert texts is None, sql
+        return
+    assert texts is not None, sql
+    assert texts[0] == fast[0]
+    assert texts[1] == [sql[a:b] for a, b, _ in fast[1].spans]
+    assert texts[2] == fast[1].classes
+
+
+@pytest.mark.parametrize("sql", ["E'x'", "1'x'", "'a' 'b'", "x'1'", "'a'||'b'", "N'a'",
+                                 "'a'&'b'", "'it''s' = 'x'", "(5)'a'", "5.'a'"])
+def test_split_texts_refuses_what_split_refuses(sql):
+    assert (split_texts(sql) is None) == (split(sql) is None)
