@@ -168,6 +168,12 @@ class PolicyRuntime:
                  parameters: dict[str, str]) -> Decision:
         """Kind, tables, fingerprint and literal-free text of a statement that is forwarded
         as it is (exempt users, or no policy): what the audit log and metrics record."""
+        return self.classify_keyed(sql, user=user, database=database, parameters=parameters)[0]
+
+    def classify_keyed(self, sql: str, *, user: str, database: str,
+                       parameters: dict[str, str]) -> tuple[Decision, str | None]:
+        """``classify``, and the statement's skeleton when the result stands for every
+        statement with that skeleton (in this database, catalog and search_path)."""
         st = self.catalogs.get(database)
         version = st.version if st is not None else 0
         sp = parameters.get("search_path", '"$user", public')
@@ -176,17 +182,17 @@ class PolicyRuntime:
             skey = ("classify-sk", fast[0], database, version, sp)
             d = self.cache.get(skey)
             if d is not None:
-                return d
+                return d, fast[0]
         key = ("classify", sql, database, version, sp)
         d = self.cache.get(key)
         if d is not None:
-            return d
+            return d, None
         fp, spans = scan(sql)
         tkey = ("classify-fp", fp, database, version, sp) if spans else None
         if tkey is not None:
             d = self.cache.get(tkey)
             if d is not None:
-                return d
+                return d, None
         catalog = st.catalog if st is not None and st.catalog is not None else _EMPTY_CATALOG
         path = parse_search_path(sp)
         try:
@@ -199,7 +205,7 @@ class PolicyRuntime:
             self.cache.put(tkey, d)
             if fast is not None and matches(fast[1], literals_from_spans(spans)):
                 self.cache.put(skey, d)
-        return d
+        return d, None
 
     @staticmethod
     def unknown_statement() -> Decision:

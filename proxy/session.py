@@ -107,6 +107,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self._last_rid = 0
         self._idle_waiters: list[asyncio.Future] = []
         self._audit_frag: bytes | None = None
+        self._classified: dict[str, tuple] = {}  # skeleton -> (context, classification)
         self.session_id = server.new_session_id()
         self.console = None  # a ConsoleHandler when the client opened the console database
         self._console_failed = False

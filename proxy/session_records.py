@@ -13,6 +13,8 @@ import json
 import logging
 import time
 
+from policy.skeleton import split_texts
+
 from .protocol import messages as m
 
 log = logging.getLogger("pgveil.session")
@@ -52,9 +54,28 @@ class RecordsMixin:
         return None
 
     def _classify(self, sql: str):
-        """The decision record of a statement that is forwarded as it is (exempt users)."""
-        return self.server.policy.classify(sql, user=self.user, database=self.database,
-                                           parameters=self.parameters)
+        """The decision record of a statement that is forwarded as it is (exempt users).
+
+        Kept per session by skeleton once the runtime vouched for that skeleton, with what
+        the classification depends on: the search_path the server reports and the
+        catalog version."""
+        runtime = self.server.policy
+        fast = split_texts(sql)
+        # a skeleton holds "\0" where literals were, so it never equals another exact text
+        # (a text without literals is its own skeleton: the same statement either way)
+        key = fast[0] if fast is not None else sql
+        st = runtime.catalogs.get(self.database)
+        context = (self.parameters.get("search_path"), st.version if st is not None else 0)
+        hit = self._classified.get(key)
+        if hit is not None and hit[0] == context:
+            return hit[1]
+        d, skeleton = runtime.classify_keyed(sql, user=self.user, database=self.database,
+                                             parameters=self.parameters)
+        if fast is None or skeleton == key:  # the exact text, or a skeleton vouched for
+            if len(self._classified) >= 256:
+                self._classified.clear()
+            self._classified[key] = (context, d)
+        return d
 
     def _unknown_statement(self):
         return self.server.policy.unknown_statement()

@@ -250,7 +250,8 @@ class StartupMixin:
                     return
                 interesting = RELAY_INTERESTING
                 if self.server.audit is not None or self.server.policy.policy is not None:
-                    self.tracker = StatementTracker(self._begin, self._end)
+                    self.tracker = StatementTracker(self._begin, self._end,
+                                                    rows=self.server.audit is not None)
                     interesting = TRACKED_INTERESTING
                     self.server.policy.ensure_catalog(self.database)
                 if self.server.policy.masks(self.user):

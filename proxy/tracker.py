@@ -38,12 +38,13 @@ def rows_of(tag: bytes) -> int:
 
 
 class StatementTracker:
-    __slots__ = ("begin", "end", "queue", "prepared", "portals", "failed", "raw")
+    __slots__ = ("begin", "end", "queue", "prepared", "portals", "failed", "raw", "rows")
 
     def __init__(self, begin: Callable[[Any, bool, Any], Any],
-                 end: Callable[[Running, bool], None]) -> None:
+                 end: Callable[[Running, bool], None], rows: bool = True) -> None:
         self.begin = begin  # (info, extended) -> ref
         self.end = end  # (running, executed) -> None
+        self.rows = rows  # count rows from CommandComplete tags (the audit records them)
         self.queue: deque = deque()
         self.prepared: dict[str, Any] = {}
         self.portals: dict[str, str] = {}
@@ -112,7 +113,8 @@ class StatementTracker:
         head = self._head()
         if head is None:
             return
-        head.rows += rows_of(tag)
+        if self.rows:
+            head.rows += rows_of(tag)
         if head.extended:
             self.queue.popleft()
             self.end(head, True)

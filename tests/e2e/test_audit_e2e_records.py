@@ -14,6 +14,7 @@ to what the client ran.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections import Counter, defaultdict
@@ -289,3 +290,40 @@ def test_statement_classified_before_the_catalog_loads_is_not_stuck_without_tabl
         assert mine[1]["tables"] == [f"public.{table}"], mine[1]
     finally:
         pg.execute(f"DROP TABLE IF EXISTS {table}")
+
+
+def test_tables_follow_the_search_path_of_repeated_statements(pg, pgveil_factory,
+                                                              tmp_path: Path) -> None:
+    """The same statement text names another table once the search_path changes: its
+    records must say which (classifications are kept per skeleton and search_path)."""
+    work = tmp_path / "audit"
+    work.mkdir()
+    a, b = unique_name("sp_a"), unique_name("sp_b")
+    for schema in (a, b):
+        pg.execute(f"CREATE SCHEMA {schema}")
+        pg.execute(f"CREATE TABLE {schema}.things (id int)")
+    proxy = pgveil_factory(extra_config=audit_config(work))
+    try:
+        with psycopg.connect(proxy.dsn("postgres"), autocommit=True) as conn:
+            # the catalog loads in the background after the first connection: wait for it
+            deadline = time.monotonic() + 10
+            for probe in itertools.count():
+                conn.execute(f"SELECT id AS c_probe_{probe} FROM {a}.things", prepare=False)
+                conn.execute("SELECT 1 AS c_flush", prepare=False)
+                if any(r["type"] == "intent" and "c_probe_" in r["normalized"] and r["tables"]
+                       for r in read_log(work / "audit.jsonl")):
+                    break
+                assert time.monotonic() < deadline, "the catalog never loaded"
+                time.sleep(0.1)
+            for schema in (a, b, a):
+                conn.execute(f"SET search_path = {schema}")
+                for i in range(4):
+                    conn.execute(f"SELECT id FROM things WHERE id = {i}", prepare=False)
+        assert proxy.stop() == 0, proxy.output()
+        intents = [r for r in read_log(work / "audit.jsonl")
+                   if r["type"] == "intent" and "from things" in r["normalized"]]
+        assert [r["tables"] for r in intents] == (
+            [[f"{a}.things"]] * 4 + [[f"{b}.things"]] * 4 + [[f"{a}.things"]] * 4)
+    finally:
+        for schema in (a, b):
+            pg.execute(f"DROP SCHEMA {schema} CASCADE")
