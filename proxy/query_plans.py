@@ -27,16 +27,12 @@ the decision and the cached statement — under the same conditions.
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, Any
 
 from policy.params import param_value
 from policy.skeleton import split, split_texts
 
 from .protocol import messages as m
-
-_I16 = struct.Struct("!h")
-_I32 = struct.Struct("!i")
 
 if TYPE_CHECKING:
     from .stmt_cache import StatementCache
@@ -67,15 +63,8 @@ class QueryPlan:
         """Bind("", name, values): text parameters, text results."""
         if name != self.name:
             self.name = name
-            self.bind_head = b"\x00" + m.cstr(name) + b"\x00\x00" + _I16.pack(len(self.slots))
-        body = [self.bind_head]
-        for v in values:
-            raw = v.encode()
-            body.append(_I32.pack(len(raw)))
-            body.append(raw)
-        body.append(b"\x00\x00")
-        data = b"".join(body)
-        return b"B" + _I32.pack(len(data) + 4) + data
+            self.bind_head = m.bind_text_head("", name, len(self.slots))
+        return m.encode_bind_text("", name, values, self.bind_head)
 
 
 class QueryPlans:

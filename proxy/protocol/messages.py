@@ -375,9 +375,15 @@ def encode_bind_with_statement(body: bytes, statement: str, rest: int = -1) -> b
     return b"B" + _U32.pack(len(out) + 4) + out
 
 
-def encode_bind_text(portal: str, statement: str, values) -> bytes:
-    """A Bind of text parameters (none NULL), all results in text format."""
-    parts = [cstr(portal), cstr(statement), b"\x00\x00", _I16.pack(len(values))]
+def bind_text_head(portal: str, statement: str, count: int) -> bytes:
+    """The start of a Bind of ``count`` text parameters (see :func:`encode_bind_text`)."""
+    return cstr(portal) + cstr(statement) + b"\x00\x00" + _I16.pack(count)
+
+
+def encode_bind_text(portal: str, statement: str, values, head: bytes | None = None) -> bytes:
+    """A Bind of text parameters (none NULL), all results in text format. ``head``: the
+    :func:`bind_text_head` of these names and this many values, if the caller keeps one."""
+    parts = [head or bind_text_head(portal, statement, len(values))]
     for v in values:
         raw = v.encode()
         parts.append(_I32.pack(len(raw)))
