@@ -30,7 +30,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from policy.params import param_value
-from policy.skeleton import split, split_texts
+from policy.skeleton import matches, split, split_texts
+from policy.template import literals
 
 from .protocol import messages as m
 
@@ -144,7 +145,9 @@ class QueryPlans:
         if fast is None or tpl is None:
             return
         skeleton, lits = fast
-        if lits.classes != tpl.classes:
+        # the template's literal numbering is PostgreSQL's scanner's: the fast split must
+        # agree with it here, which also makes the skeleton trustworthy for later texts
+        if lits.classes != tpl.classes or not matches(lits, literals(sql)):
             return
         slots: list[int] = []
         fixed: list[tuple[int, str]] = []
