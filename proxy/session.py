@@ -31,6 +31,7 @@ from .console.session import ConsoleMixin
 from .session_records import RecordsMixin
 from .session_startup import StartupMixin, _nodelay  # noqa: F401 (re-exported)
 from .tracker import StatementTracker
+from . import bind_plans
 
 if TYPE_CHECKING:
     from .server import ProxyServer
@@ -46,6 +47,7 @@ from .states import (
 
 
 _GUARD_TYPES = frozenset(Guard.INTERESTING)
+_BIND_DONE = 50  # '2' BindComplete
 
 
 class UpstreamProtocol(asyncio.Protocol):
@@ -112,6 +114,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self.console = None  # a ConsoleHandler when the client opened the console database
         self._console_failed = False
         self._holding = False  # client bytes wait in _backlog while a statement is held
+        self._bind_plans: dict[bytes, bind_plans.BindPlan] = {}  # see proxy.bind_plans
         self._backlog = b""
 
     @property
@@ -229,6 +232,10 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                     self.terminated = True
                 self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
             return
+        if self._bind_plans and data[:1] == b"B":
+            plan = self._bind_plans.get(data[5 : data.find(b"\x00", 6) + 1])
+            if plan is not None and self._replay_bind(plan, data):
+                return
         buf, upto, spans = self._frontend.feed_spans(data)
         if not spans:
             return
@@ -355,7 +362,65 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             self._hold(asyncio.get_running_loop().create_task(
                 self._forward_when_durable(durable, data_out)))
             return
+        if len(spans) == 4 and not self._holding:
+            self._learn_bind_plan(buf, upto, spans, data_out)
         self.upstream.write(data_out)  # type: ignore[union-attr]
+
+    # ------------------------------------------------------------------ bind plans
+    def _learn_bind_plan(self, buf: bytes, upto: int, spans: list, sent: bytes) -> None:
+        """Keep a plan for replaying this batch's shape (see :mod:`proxy.bind_plans`)."""
+        shape = bind_plans.batch_shape(buf, upto, spans)
+        if shape is None or self._frontend.buffered:
+            return
+        audit = self.server.audit
+        if audit is not None and (audit.wait_before_forward or audit.settings.include_literals):
+            return
+        guard = self.guard
+        prepared = decision = None
+        upstream_name = shape[0]
+        if guard is not None:
+            if guard.ext_open or guard.path_dirty or guard.blocking:
+                return
+            prepared = guard.stmts.prepared.get(shape[0])
+            if prepared is None or prepared.decision is None or prepared.decision.grants_used:
+                return
+            decision, upstream_name = prepared.decision, prepared.upstream
+        plan = bind_plans.make_plan(shape, prepared, decision, upstream_name)
+        if bind_plans.replay_bytes(plan, buf) == sent:
+            plans = self._bind_plans
+            if len(plans) >= bind_plans.MAX_PLANS and plan.names not in plans:
+                plans.clear()
+            plans[plan.names] = plan
+
+    def _replay_bind(self, plan: bind_plans.BindPlan, data: bytes) -> bool:
+        """Send a batch that matches ``plan`` the short way; False to take the full way."""
+        if not bind_plans.matches(plan, data) or self._frontend.buffered:
+            return False
+        guard = self.guard
+        if guard is not None:
+            if guard.ext_open or guard.path_dirty or guard.blocking:
+                return False
+            p = guard.stmts.prepared.get(plan.stmt)
+            if (p is not plan.prepared or p.decision is not plan.decision
+                    or p.upstream != plan.upstream_name):
+                return False
+        tracker = self.tracker
+        if tracker is not None:
+            tracker.bind("", plan.stmt)
+            if plan.upstream and plan.decision is not None:
+                tracker.parse(plan.stmt, plan.decision)  # as the full way does after a redirect
+            try:
+                tracker.execute("", self._unknown_statement)
+            except AuditUnavailable:
+                return False  # the full way refuses the batch in-band
+            tracker.sync()
+        if guard is not None:
+            guard.stmts.portals[""] = plan.stmt
+            guard.stmts.end_batch()
+        self._frontend.syncs_since_execute = 1  # an Execute, then one Sync
+        self.pending += 1
+        self.upstream.write(bind_plans.replay_bytes(plan, data))  # type: ignore[union-attr]
+        return True
 
     def _until_idle(self) -> asyncio.Future:
         """A future done once every statement sent so far has been answered."""
@@ -452,7 +517,9 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                             break
                 if tracker is not None:
                     tracker.error(sqlstate)
-            if guard is not None and not replaced and (mtype in _GUARD_TYPES or guard.blocking):
+            if guard is not None and not replaced and (mtype in _GUARD_TYPES or guard.blocking) and (
+                    mtype != _BIND_DONE or guard.blocking or guard.stmts.answers.bind):
+                # (a BindComplete matters only while pgveil waits for one of its own Binds)
                 dropping = guard.blocking  # after a failed wire check: drop all but Z
                 rep = guard.server_message(mtype, buf[start:stop], self.pending == 0)
                 if dropping or rep is not None:

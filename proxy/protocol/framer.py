@@ -81,6 +81,11 @@ class MessageFramer:
         self.max_size = max_size
         self.valid_types = valid_types
 
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held for the next feed."""
+        return len(self._buf)
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Whole messages as ``(type, raw)``; ``raw`` includes the 5-byte header."""
         buf, _, spans = self.feed_spans(data)
