@@ -136,8 +136,78 @@ def test_writer_ignores_group_signals_and_ends_with_its_input(settings: AuditSet
     prefix = b'{"seq":1,"ts":"2026-01-01T00:00:00.000000Z","instance":"test-1","type":"event","event":"x"'
     proc.stdin.write(b"W" + struct.pack("!QI", 1, len(prefix)) + prefix)
     proc.stdin.flush()
-    assert json.loads(proc.stdout.readline()) == {"ok": True}  # still there, still writing
+    assert json.loads(proc.stdout.readline()) == {"ok": True, "seq": 1}  # still there, writing
     proc.stdin.close()
     assert proc.wait(10) == 0
     report = verify_files(s.path, key_of(s))
     assert report.ok and report.records == 1
+
+
+def _child(s: AuditSettings) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "proxy.audit.child"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(dataclasses.asdict(s)).encode() + b"\n" + b"O")
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline())["ok"]
+    return proc
+
+
+def _request(op: bytes, first: int, seqs: list[int]) -> bytes:
+    payload = b"\n".join(
+        b'{"seq":%d,"ts":"2026-01-01T00:00:00.000000Z","instance":"test-1","type":"event",'
+        b'"event":"x"' % n for n in seqs)
+    return op + struct.pack("!QI", first, len(payload)) + payload
+
+
+def test_handed_off_records_are_written_when_the_input_ends(settings: AuditSettings) -> None:
+    """What the proxy handed off (no commit asked, no answer) is written once the proxy is
+    gone: the basis of "every statement that returned has its intent" under fsync=batch."""
+    s = _process(settings)
+    proc = _child(s)
+    proc.stdin.write(_request(b"H", 1, [1, 2, 3]) + _request(b"H", 4, [4]))
+    proc.stdin.close()  # the proxy died: no W ever comes
+    assert proc.wait(10) == 0
+    report = verify_files(s.path, key_of(s))
+    assert report.ok and report.records == 4, report
+
+
+def test_records_are_taken_in_seq_order_only(settings: AuditSettings) -> None:
+    s = _process(settings)
+    proc = _child(s)
+    proc.stdin.write(_request(b"H", 1, [1]) + _request(b"H", 3, [3]))  # 2 never came: 3 ignored
+    proc.stdin.write(_request(b"W", 4, [4]))
+    proc.stdin.flush()
+    refused = json.loads(proc.stdout.readline())
+    assert refused["ok"] is False and "missing" in refused["error"]
+    proc.stdin.write(_request(b"W", 1, [1, 2, 3, 4]))  # the proxy resends: 1 is skipped
+    proc.stdin.flush()
+    assert json.loads(proc.stdout.readline()) == {"ok": True, "seq": 4}
+    proc.stdin.close()
+    assert proc.wait(10) == 0
+    report = verify_files(s.path, key_of(s))
+    assert report.ok and report.records == 4, report
+    assert [json.loads(line)["seq"] for line in lines_of(s.path)] == [1, 2, 3, 4]
+
+
+def test_the_log_hands_records_off_within_a_turn_and_before_an_answer(
+        settings: AuditSettings) -> None:
+    s = _process(settings)
+
+    async def main() -> None:
+        log = AuditLog(s)
+        await log.start()
+        sink = log._sink  # type: ignore[attr-defined]
+        await asyncio.sleep(0)
+        rid = log.intent(intent_fields(n=1))
+        assert sink.sent_seq < rid  # queued, not yet handed off ...
+        log.handoff_through(rid)   # ... until its answer is about to go to the client
+        assert sink.sent_seq == rid
+        rid2 = log.intent(intent_fields(n=2))
+        await asyncio.sleep(0)     # or the event loop's next turn
+        assert sink.sent_seq == rid2
+        await log.close()
+
+    run(main())
+    assert verify_files(s.path, key_of(s)).ok

@@ -2,9 +2,17 @@
 
 To the writer task it is a sink like the others, except that it takes record *prefixes*
 and seals them itself (``seals = True``): the proxy's event loop then spends well under a
-microsecond per record instead of several. If the process dies, the next write starts it
-again; it reopens the sink, which recovers the chain from what is on disk, and the batch
-is retried (the sink skips what was already durable).
+microsecond per record instead of several.
+
+Records reach the process two ways. :meth:`ChildSink.handoff` writes new records to its
+pipe as soon as the event loop has a turn, with no answer to wait for: from then on they
+are written even if the proxy dies (the process writes what it holds when its input
+ends). :meth:`write` — the writer task's group commit — sends whatever was not handed off
+yet and waits until everything up to there is durable.
+
+If the process dies, the next write starts it again; it reopens the sink, which recovers
+the chain from what is on disk, and the batch is sent again from there (the process skips
+what it already has).
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ class ChildSink(Sink):
         self._describe = describe
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
+        self._ready = False  # the process is up and its sink open: hand-offs may go
+        self.sent_seq = 0  # the last seq the running process has (handed off or written)
+        self.stalled = 0  # hand-offs the pipe could not take at once (the process lags)
 
     def describe(self) -> str:
         return self._describe
@@ -50,6 +61,7 @@ class ChildSink(Sink):
             sys.executable, "-m", "proxy.audit.child",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         assert self._proc.stdin is not None
+        _grow_pipe(self._proc.stdin)
         # the settings go first, on the pipe: a sink URL may hold a password
         self._proc.stdin.write(json.dumps(dataclasses.asdict(self.settings)).encode() + b"\n")
 
@@ -74,19 +86,49 @@ class ChildSink(Sink):
     async def open(self) -> ChainTip:
         async with self._lock:
             if self._proc is None or self._proc.returncode is not None:
+                self._ready = False
                 await self._spawn()
             reply = await self._ask(b"O")
+            self.sent_seq, self._ready = reply["seq"], True
             return ChainTip(seq=reply["seq"], hash=reply["hash"], notes=reply.get("notes") or [])
 
-    async def write(self, first_seq: int, lines: list[bytes]) -> None:
+    def handoff(self, first_seq: int, lines: list[bytes]) -> bool:
+        """Hand records ``first_seq``… to the process now, unanswered. False when they do
+        not continue what it has, or it is not up: the next :meth:`write` sends them."""
+        proc = self._proc
+        if (not self._ready or first_seq != self.sent_seq + 1 or proc is None
+                or proc.returncode is not None or proc.stdin is None):
+            return False
         payload = b"\n".join(lines)
+        try:
+            proc.stdin.write(b"H" + _HEAD.pack(first_seq, len(payload)) + payload)
+        except (ConnectionError, RuntimeError):
+            return False
+        if proc.stdin.transport.get_write_buffer_size():
+            self.stalled += 1  # in this process's memory, not yet in the pipe
+        self.sent_seq = first_seq + len(lines) - 1
+        return True
+
+    async def write(self, first_seq: int, lines: list[bytes]) -> None:
         async with self._lock:
             if self._proc is None or self._proc.returncode is not None:
+                self._ready = False
                 await self._spawn()  # it died: a new one reopens the sink and recovers
-                await self._ask(b"O")
-            await self._ask(b"W" + _HEAD.pack(first_seq, len(payload)) + payload)
+                self.sent_seq, self._ready = (await self._ask(b"O"))["seq"], True
+            last = first_seq + len(lines) - 1
+            skip = min(len(lines), max(0, self.sent_seq - first_seq + 1))
+            payload = b"\n".join(lines[skip:])
+            try:
+                await self._ask(b"W" + _HEAD.pack(first_seq + skip, len(payload)) + payload)
+            except AuditProcessError:
+                # send all of it again next time (the process skips what it has); no
+                # hand-offs until then
+                self.sent_seq = first_seq - 1
+                raise
+            self.sent_seq = max(self.sent_seq, last)
 
     async def close(self) -> None:
+        self._ready = False
         proc, self._proc = self._proc, None
         if proc is None:
             return
@@ -100,3 +142,14 @@ class ChildSink(Sink):
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def _grow_pipe(stdin: asyncio.StreamWriter) -> None:
+    """Let the pipe hold a few group commits of records (Linux; best effort)."""
+    try:
+        import fcntl
+
+        pipe = stdin.transport.get_extra_info("pipe")
+        fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError, AttributeError, ValueError):
+        pass
