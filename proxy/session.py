@@ -115,6 +115,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self._console_failed = False
         self._holding = False  # client bytes wait in _backlog while a statement is held
         self._bind_plans: dict[bytes, bind_plans.BindPlan] = {}  # see proxy.bind_plans
+        self._forwarded = False  # the statements being followed are already upstream
         self._backlog = b""
 
     @property
@@ -235,6 +236,11 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         if self._bind_plans and data[:1] == b"B":
             plan = self._bind_plans.get(data[5 : data.find(b"\x00", 6) + 1])
             if plan is not None and self._replay_bind(plan, data):
+                return
+        if guard is None:
+            audit = self.server.audit
+            if audit is None or audit.takes_forwarded:
+                self._forward_then_follow(data)
                 return
         buf, upto, spans = self._frontend.feed_spans(data)
         if not spans:
@@ -405,6 +411,22 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                     or p.upstream != plan.upstream_name):
                 return False
         tracker = self.tracker
+        if guard is None and tracker is not None:
+            audit = self.server.audit
+            if audit is not None and not audit.takes_forwarded:
+                return False
+            # nothing to point elsewhere: the batch goes first, its statement is followed
+            self._frontend.syncs_since_execute = 1
+            self.pending += 1
+            self.upstream.write(data)  # type: ignore[union-attr]
+            self._forwarded = True
+            try:
+                tracker.bind("", plan.stmt)
+                tracker.execute("", self._unknown_statement)
+                tracker.sync()
+            finally:
+                self._forwarded = False
+            return True
         if tracker is not None:
             tracker.bind("", plan.stmt)
             if plan.upstream and plan.decision is not None:
@@ -421,6 +443,54 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self.pending += 1
         self.upstream.write(bind_plans.replay_bytes(plan, data))  # type: ignore[union-attr]
         return True
+
+    def _forward_then_follow(self, data: bytes) -> None:
+        """No guard: the client's bytes go upstream as they are, so they go first, and the
+        statements are classified and their audit intents queued while the server works.
+        Only when the audit log takes records now (see ``AuditLog.takes_forwarded``): a
+        statement it would refuse takes the full way, and is refused before forwarding."""
+        t0 = time.perf_counter()
+        buf, upto, spans = self._frontend.feed_spans(data)
+        if not spans:
+            return
+        self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+        added = time.perf_counter() - t0
+        tracker = self.tracker
+        assert tracker is not None
+        frontend = self._frontend
+        self._forwarded = True
+        try:
+            for mtype, start, stop in spans:
+                if mtype == _Q:
+                    tracker.query(self._classify(m.decode_query(buf[start + 5 : stop])))
+                    self.server.metrics.added.observe(added)
+                elif mtype == _P:
+                    parsed = m.decode_parse(buf[start + 5 : stop])
+                    tracker.parse(parsed.name, self._classify(parsed.query))
+                    self.server.metrics.added.observe(added)
+                elif mtype == _B:
+                    portal, stmt, _ = m.decode_bind_names(buf[start + 5 : stop])
+                    tracker.bind(portal, stmt)
+                elif mtype == _EXEC:
+                    tracker.execute(m.decode_execute_portal(buf[start + 5 : stop]),
+                                    self._unknown_statement)
+                elif mtype == _SYNC:
+                    tracker.sync()
+                elif mtype == _CLOSE:
+                    tracker.close(*m.decode_describe_or_close(buf[start + 5 : stop]))
+                elif mtype == _FUNC:
+                    tracker.function_call(self._unknown_statement())
+                elif mtype == _X:
+                    self.terminated = True
+                delta = frontend.ready_delta(mtype)
+                if delta:
+                    self.pending += delta
+                    if delta < 0:
+                        tracker.forget_syncs(-delta)
+        finally:
+            self._forwarded = False
+        if len(spans) == 4:
+            self._learn_bind_plan(buf, upto, spans, buf[:upto])
 
     def _until_idle(self) -> asyncio.Future:
         """A future done once every statement sent so far has been answered."""
@@ -476,6 +546,9 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                 self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
             if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
                 self._became_idle()
+            return
+        if guard is None and not self.poisons:
+            self._relay_then_follow(buf, upto, events)
             return
         out = None
         last = 0
@@ -543,6 +616,41 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             self.client.write(b"".join(out))  # type: ignore[union-attr]
         elif upto:
             self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+        if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
+            self._became_idle()
+
+    def _relay_then_follow(self, buf: bytes, upto: int, events: list) -> None:
+        """No guard, nothing to replace: the answers go to the client first (after the
+        audit intents of their statements have left this process), then the tracker
+        matches them to their statements."""
+        audit = self.server.audit
+        if audit is not None and audit._unsent:
+            audit.handoff()
+        if upto:
+            self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
+        tracker = self.tracker
+        for mtype, start, stop in events:
+            if mtype == _Z:
+                self.tx_status = buf[start + 5 : stop]
+                if self.pending:
+                    self.pending -= 1
+                if tracker is not None:
+                    tracker.ready()
+            elif mtype == _CC:
+                if tracker is not None:
+                    tracker.command_complete(buf[start + 5 : stop])
+            elif mtype == _EMPTY or mtype == _SUSPENDED:
+                if tracker is not None:
+                    tracker.empty_or_suspended()
+            elif mtype == _S:
+                name, value = m.decode_parameter_status(buf[start + 5 : stop])
+                self.parameters[name] = value
+            elif mtype == _E:
+                fields = m.decode_fields(buf[start + 5 : stop])
+                if fields.get("V") in ("FATAL", "PANIC"):
+                    self.upstream_fatal = True
+                if tracker is not None:
+                    tracker.error(fields.get("C", "XX000"))
         if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
             self._became_idle()
 

@@ -115,7 +115,8 @@ class RecordsMixin:
                                                        ensure_ascii=False).encode()
                 else:
                     frag += b',"sql":' + json.dumps(raw, ensure_ascii=False).encode()
-            rid = audit.intent_encoded(frag)
+            rid = (audit.intent_after_forward(frag) if self._forwarded
+                   else audit.intent_encoded(frag))
             self._last_rid = rid
         counter = cached.get("_stmt_counter")
         if counter is None:
@@ -149,6 +150,8 @@ class RecordsMixin:
         self.server.metrics.duration.observe(elapsed)
         audit = self.server.audit
         if audit is not None and running.ref:
+            if audit._unsent:
+                audit.handoff_through(running.ref)  # the intent leaves before the answer
             sqlstate = running.sqlstate or ("00000" if executed else "skipped")
             audit.complete_encoded(running.ref, b'"rows":%d,"duration_ms":%.3f,"sqlstate":"%s",'
                                    b'"session":"%s"' % (running.rows if executed else 0,

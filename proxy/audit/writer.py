@@ -234,6 +234,27 @@ class AuditLog:
         return self._enqueue("complete", {"rid": rid, **data})
 
     # -- the hot path: records from pre-encoded JSON fragments ---------------------------------
+    @property
+    def takes_forwarded(self) -> bool:
+        """Whether a statement may go upstream before its intent is queued: the log takes
+        records now, without waiting for durability, and logs no literals. Checked right
+        before forwarding; the intents queued right after cannot be refused
+        (:meth:`intent_after_forward`), so nothing runs unrecorded."""
+        q = self._queue
+        return (self._error is None and self._opened and not self._closing
+                and not self._unreported_drops and not self._literals
+                and self._batch_delay and len(q) < self.settings.max_pending
+                and (not q or time.monotonic() - q[0][2] < STALL_SECONDS))
+
+    def intent_after_forward(self, fragment: bytes) -> int:
+        """The intent of a statement forwarded after :attr:`takes_forwarded` said yes in
+        the same turn of the loop: queued even if the queue just filled up."""
+        if not self._opened or self._closing:
+            self.dropped += 1
+            self._unreported_drops += 1
+            return 0
+        return self._push(b"intent", fragment)
+
     def intent_encoded(self, fragment: bytes) -> int:
         """Like :meth:`intent`, for a body already encoded as JSON members (``"k":v,...``,
         no braces, no reserved keys, no literal fields). The session caches the fragments
@@ -263,18 +284,20 @@ class AuditLog:
             seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment)
         self._queue.append((seq, prefix, time.monotonic()))
         if self._hands_off:
-            self._add_unsent(seq, prefix)
+            self._add_unsent(seq, prefix, type_ == b"intent")
         if not self._woken:
             self._woken = True
             self._wake.set()
         return seq
 
     # -- hand-off to a writer process ----------------------------------------------------
-    def _add_unsent(self, seq: int, prefix: bytes) -> None:
+    def _add_unsent(self, seq: int, prefix: bytes, urgent: bool = True) -> None:
         if not self._unsent:
             self._unsent_first = seq
         self._unsent.append(prefix)
-        if not self._handoff_soon and self._loop is not None:
+        if urgent and not self._handoff_soon and self._loop is not None:
+            # intents go at the end of this turn; completions and events ride along with
+            # the next intent or the next group commit
             self._handoff_soon = True
             self._loop.call_soon(self.handoff)
 
@@ -346,7 +369,7 @@ class AuditLog:
         prefix = records.encode(rec)[:-1]
         self._queue.append((seq, prefix, time.monotonic()))
         if self._hands_off:
-            self._add_unsent(seq, prefix)
+            self._add_unsent(seq, prefix, type_ == "intent")
         self._wake.set()
         return seq
 
