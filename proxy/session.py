@@ -611,6 +611,9 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             if out is None:
                 out = []
             last = upto  # the rest of a withheld result is dropped
+        audit = self.server.audit
+        if audit is not None and audit._unsent:
+            audit.handoff()  # the intents leave this process before their answers do
         if out is not None:
             out.append(buf[last:upto])
             self.client.write(b"".join(out))  # type: ignore[union-attr]

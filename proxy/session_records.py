@@ -150,8 +150,6 @@ class RecordsMixin:
         self.server.metrics.duration.observe(elapsed)
         audit = self.server.audit
         if audit is not None and running.ref:
-            if audit._unsent:
-                audit.handoff_through(running.ref)  # the intent leaves before the answer
             sqlstate = running.sqlstate or ("00000" if executed else "skipped")
             audit.complete_encoded(running.ref, b'"rows":%d,"duration_ms":%.3f,"sqlstate":"%s",'
                                    b'"session":"%s"' % (running.rows if executed else 0,

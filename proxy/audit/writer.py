@@ -80,13 +80,11 @@ class AuditLog:
         self._instance_json = json.dumps(settings.instance, ensure_ascii=False).encode()
         self._literals = settings.include_literals
         self._sink_seals = bool(getattr(self._sink, "seals", False))
-        # a sink in another process takes records as soon as the loop has a turn (see
+        # a sink in another process takes records before their answers go out (see
         # handoff): they survive the proxy from then on
         self._hands_off = callable(getattr(self._sink, "handoff", None))
         self._unsent: list[bytes] = []  # prefixes queued since the last hand-off
         self._unsent_first = 0  # the seq of _unsent[0]
-        self._handoff_soon = False
-        self._loop: asyncio.AbstractEventLoop | None = None
         # the next seq to give out, and the chain's tip (hash of the last *written* line,
         # used when this process seals; a sealing sink keeps its own)
         self._next_seq = 1
@@ -164,7 +162,6 @@ class AuditLog:
         """
         if self._task is not None:
             return
-        self._loop = asyncio.get_running_loop()
         try:
             await self._open()
         except Exception as exc:
@@ -284,37 +281,27 @@ class AuditLog:
             seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment)
         self._queue.append((seq, prefix, time.monotonic()))
         if self._hands_off:
-            self._add_unsent(seq, prefix, type_ == b"intent")
+            self._add_unsent(seq, prefix)
         if not self._woken:
             self._woken = True
             self._wake.set()
         return seq
 
     # -- hand-off to a writer process ----------------------------------------------------
-    def _add_unsent(self, seq: int, prefix: bytes, urgent: bool = True) -> None:
+    def _add_unsent(self, seq: int, prefix: bytes) -> None:
         if not self._unsent:
             self._unsent_first = seq
         self._unsent.append(prefix)
-        if urgent and not self._handoff_soon and self._loop is not None:
-            # intents go at the end of this turn; completions and events ride along with
-            # the next intent or the next group commit
-            self._handoff_soon = True
-            self._loop.call_soon(self.handoff)
 
     def handoff(self) -> None:
-        """Give the writer process what was queued since the last hand-off (it runs once
-        per turn of the event loop, before the loop reads any answer)."""
-        self._handoff_soon = False
+        """Give the writer process what was queued since the last hand-off. Sessions call
+        it (when ``_unsent`` is not empty) before they write answers to their client, so a
+        statement's intent has left this process before any of its answer has; what no
+        answer follows goes with the next group commit."""
         unsent = self._unsent
         if unsent:
             self._unsent = []
             self._sink.handoff(self._unsent_first, unsent)  # type: ignore[attr-defined]
-
-    def handoff_through(self, rid: int) -> None:
-        """Make sure record ``rid`` has been handed off (before its statement's answer
-        goes to the client)."""
-        if self._unsent and rid >= self._unsent_first:
-            self.handoff()
 
     def _enqueue_encoded(self, type_: bytes, fragment: bytes) -> int:
         if (not self._opened or self._closing or self._unreported_drops
@@ -369,7 +356,7 @@ class AuditLog:
         prefix = records.encode(rec)[:-1]
         self._queue.append((seq, prefix, time.monotonic()))
         if self._hands_off:
-            self._add_unsent(seq, prefix, type_ == "intent")
+            self._add_unsent(seq, prefix)
         self._wake.set()
         return seq
 

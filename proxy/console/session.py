@@ -48,5 +48,8 @@ class ConsoleMixin:
         except Exception as exc:  # noqa: BLE001 - a console bug must not kill the proxy
             log.exception("console command failed")
             reply = m.error_response("XX000", f"pgveil console: internal error ({type(exc).__name__})")
+        audit = self.server.audit
+        if audit is not None and audit._unsent:
+            audit.handoff()  # the command's intent leaves before its answer
         if self.client is not None and not self.client.is_closing():
             self.client.write(reply + m.ready_for_query(b"I"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import struct
 import sys
 
@@ -52,6 +53,7 @@ class ChildSink(Sink):
         self._ready = False  # the process is up and its sink open: hand-offs may go
         self.sent_seq = 0  # the last seq the running process has (handed off or written)
         self.stalled = 0  # hand-offs the pipe could not take at once (the process lags)
+        self._fd = -1  # the pipe, when it is non-blocking (written directly by handoff)
 
     def describe(self) -> str:
         return self._describe
@@ -62,6 +64,7 @@ class ChildSink(Sink):
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         assert self._proc.stdin is not None
         _grow_pipe(self._proc.stdin)
+        self._fd = _nonblocking_fd(self._proc.stdin)
         # the settings go first, on the pipe: a sink URL may hold a password
         self._proc.stdin.write(json.dumps(dataclasses.asdict(self.settings)).encode() + b"\n")
 
@@ -100,12 +103,22 @@ class ChildSink(Sink):
                 or proc.returncode is not None or proc.stdin is None):
             return False
         payload = b"\n".join(lines)
+        data = b"H" + _HEAD.pack(first_seq, len(payload)) + payload
+        transport = proc.stdin.transport
         try:
-            proc.stdin.write(b"H" + _HEAD.pack(first_seq, len(payload)) + payload)
-        except (ConnectionError, RuntimeError):
+            if self._fd >= 0 and not transport.get_write_buffer_size():
+                try:  # straight into the pipe: no stream layers on the per-turn path
+                    done = os.write(self._fd, data)
+                except BlockingIOError:
+                    done = 0
+                if done < len(data):
+                    transport.write(data[done:])
+            else:
+                transport.write(data)
+        except (OSError, RuntimeError):
             return False
-        if proc.stdin.transport.get_write_buffer_size():
-            self.stalled += 1  # in this process's memory, not yet in the pipe
+        if transport.get_write_buffer_size():
+            self.stalled += 1  # partly in this process's memory: the writer lags
         self.sent_seq = first_seq + len(lines) - 1
         return True
 
@@ -153,3 +166,12 @@ def _grow_pipe(stdin: asyncio.StreamWriter) -> None:
         fcntl.fcntl(pipe.fileno(), getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
     except (ImportError, OSError, AttributeError, ValueError):
         pass
+
+
+def _nonblocking_fd(stdin: asyncio.StreamWriter) -> int:
+    """The pipe's descriptor if writing it directly can never block, else -1."""
+    try:
+        fd = stdin.transport.get_extra_info("pipe").fileno()
+        return fd if not os.get_blocking(fd) else -1
+    except (OSError, AttributeError, ValueError):
+        return -1
