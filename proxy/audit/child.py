@@ -65,6 +65,7 @@ class _Inbox(asyncio.Protocol):
 
     def __init__(self) -> None:
         self.buf = bytearray()
+        self.pos = 0  # where the next request starts in buf
         self.eof = False
         self.transport: asyncio.ReadTransport | None = None
         self._waiter: asyncio.Future | None = None
@@ -107,23 +108,35 @@ class _Inbox(asyncio.Protocol):
         await asyncio.sleep(0)  # one turn of the loop: the transport reads what is waiting
 
     def request(self) -> tuple[bytes, int, bytes] | None:
-        """The next whole request as ``(op, first, payload)``, or None if not all here."""
-        buf = self.buf
-        if not buf:
+        """The next whole request as ``(op, first, payload)``, or None if not all here.
+        (Taken from a read position; the buffer is trimmed once it is used up, so many
+        small hand-offs in one read cost no quadratic copying.)"""
+        buf, pos = self.buf, self.pos
+        if pos >= len(buf):
+            if pos:
+                buf.clear()
+                self.pos = 0
             return None
-        op = bytes(buf[:1])
+        op = bytes(buf[pos : pos + 1])
         if op not in (b"H", b"W"):
-            del buf[:1]
+            self.pos = pos + 1
             return op, 0, b""
-        if len(buf) < 1 + _HEAD.size:
+        if len(buf) - pos < 1 + _HEAD.size:
+            self._trim()
             return None
-        first, size = _HEAD.unpack_from(buf, 1)
-        end = 1 + _HEAD.size + size
+        first, size = _HEAD.unpack_from(buf, pos + 1)
+        end = pos + 1 + _HEAD.size + size
         if len(buf) < end:
+            self._trim()
             return None
-        payload = bytes(buf[1 + _HEAD.size : end])
-        del buf[:end]
+        payload = bytes(buf[pos + 1 + _HEAD.size : end])
+        self.pos = end
         return op, first, payload
+
+    def _trim(self) -> None:
+        if self.pos:
+            del self.buf[: self.pos]
+            self.pos = 0
 
 
 async def serve(stdin, out) -> None:
@@ -137,7 +150,7 @@ async def serve(stdin, out) -> None:
             return
         await inbox.wait()
     first_line, _, rest = bytes(inbox.buf).partition(b"\n")
-    inbox.buf = bytearray(rest)
+    inbox.buf, inbox.pos = bytearray(rest), 0
     settings = AuditSettings(**json.loads(first_line))
     sealer = Sealer(load_or_create_key(settings.key_file))
     sink = make_local_sink(settings, sealer)
