@@ -6,6 +6,12 @@ unnamed portal (only the parameter values change), a Describe of that portal, an
 and a Sync. Following them one by one — framing, decoding the names, the guard's and the
 tracker's calls per message — costs more than the rest of the statement.
 
+The same four messages also follow an unnamed Parse in every batch of drivers that do
+not keep statements (``pgbench -M extended``, psycopg's default): when the guard answers that
+Parse from its parse plan (:mod:`proxy.query_plans`), the rest of the batch is replayed the
+same way, from a plan learnt for the unnamed statement (``fresh``: its statement object is
+new each time, so its decision and upstream name are what must match).
+
 A session learns a plan per statement name from one such batch handled the full way, and
 replays it for later batches whose bytes match: the same statement name and the very same Describe/Execute/Sync
 bytes after the Bind. The session replays only while the guard maps that name to the same
@@ -38,6 +44,8 @@ class BindPlan:
     prepared: Any      # the guard's Prepared for stmt (None without a guard): identity
     decision: Any      # its decision when learnt: identity
     upstream_name: str
+    fresh: bool = False  # learnt after a Parse in the same batch: the statement object is
+    #                      new every time; its decision and upstream name must still match
 
 
 def batch_shape(buf: bytes, upto: int, spans: list[tuple[int, int, int]]
@@ -62,10 +70,10 @@ def batch_shape(buf: bytes, upto: int, spans: list[tuple[int, int, int]]
 
 
 def make_plan(shape: tuple[str, bytes, bytes], prepared: Any, decision: Any,
-              upstream_name: str) -> BindPlan:
+              upstream_name: str, fresh: bool = False) -> BindPlan:
     stmt, names, tail = shape
     upstream = b"" if upstream_name == stmt else b"\x00" + upstream_name.encode() + b"\x00"
-    return BindPlan(stmt, names, tail, upstream, prepared, decision, upstream_name)
+    return BindPlan(stmt, names, tail, upstream, prepared, decision, upstream_name, fresh)
 
 
 def matches(plan: BindPlan, data: bytes) -> bool:

@@ -327,20 +327,32 @@ class Guard:
         out.append(_DESCRIBE_UNNAMED_PORTAL + _EXECUTE_UNNAMED_ALL + _SYNC_MSG)
         return b"".join(out)
 
+    def client_parse_planned(self, p: m.Parse) -> bytes | None:
+        """:meth:`client_parse` when its plan answers the Parse (an unnamed Parse of a text
+        already masked and prepared upstream, under the same context); otherwise None,
+        with nothing changed."""
+        plans = self.plans
+        if plans is None or not plans.parses or p.name or self.path_dirty:
+            return None
+        hit = plans.parse(p.query, p.param_types, self._context(),
+                          self.stmt_cache)  # type: ignore[arg-type]
+        if hit is None:
+            return None
+        self.ext_open = True
+        d, name, prefix, closes = hit
+        for _ in range(closes):
+            self.stmts.expect("3", True)
+        self.last = d
+        self._after_decision(d)
+        self.stmts.parsed("", p.query, p.param_types, d, name, None)
+        return prefix + _EMPTY_PARSE
+
     def client_parse(self, p: m.Parse) -> bytes | None:
+        planned = self.client_parse_planned(p)
+        if planned is not None:
+            return planned
         self.ext_open = True
         plans = self.plans
-        if plans is not None and plans.parses and not p.name and not self.path_dirty:
-            hit = plans.parse(p.query, p.param_types, self._context(),
-                              self.stmt_cache)  # type: ignore[arg-type]
-            if hit is not None:
-                d, name, prefix, closes = hit
-                for _ in range(closes):
-                    self.stmts.expect("3", True)
-                self.last = d
-                self._after_decision(d)
-                self.stmts.parsed("", p.query, p.param_types, d, name, None)
-                return prefix + _EMPTY_PARSE
         d = self._decide(p.query, extended=True)
         kept = d if not isinstance(d, bytes) and d.action in ("forward", "rewrite") else None
         if (self.stmt_cache is not None and not p.name and kept is not None

@@ -233,9 +233,12 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                     self.terminated = True
                 self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
             return
-        if self._bind_plans and data[:1] == b"B":
-            plan = self._bind_plans.get(data[5 : data.find(b"\x00", 6) + 1])
-            if plan is not None and self._replay_bind(plan, data):
+        if self._bind_plans:
+            if data[:1] == b"B":
+                plan = self._bind_plans.get(data[5 : data.find(b"\x00", 6) + 1])
+                if plan is not None and self._replay_bind(plan, data):
+                    return
+            elif data[:1] == b"P" and guard is not None and self._replay_parse_bind(data):
                 return
         if guard is None:
             audit = self.server.audit
@@ -247,6 +250,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             return
         out: list[bytes] = []
         last = 0
+        parse_rep = None  # what replaced a Parse that opens the batch
         durable = 0  # the last audit intent to wait for (fsync = "always")
         for mtype, start, stop in spans:
             rep = None
@@ -274,6 +278,8 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                     if guard is not None:
                         rep = guard.client_parse(parsed)
                         info = guard.last
+                        if start == 0:
+                            parse_rep = rep
                     else:
                         info = self._classify(parsed.query)
                     if tracker is not None:
@@ -368,15 +374,27 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             self._hold(asyncio.get_running_loop().create_task(
                 self._forward_when_durable(durable, data_out)))
             return
-        if len(spans) == 4 and not self._holding:
-            self._learn_bind_plan(buf, upto, spans, data_out)
+        if not self._holding:
+            if len(spans) == 4:
+                self._learn_bind_plan(buf, upto, spans, data_out)
+            elif len(spans) == 5 and parse_rep is not None and spans[0][0] == _P:
+                self._learn_bind_plan(buf, upto, spans, data_out, parse_rep)
         self.upstream.write(data_out)  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ bind plans
-    def _learn_bind_plan(self, buf: bytes, upto: int, spans: list, sent: bytes) -> None:
-        """Keep a plan for replaying this batch's shape (see :mod:`proxy.bind_plans`)."""
+    def _learn_bind_plan(self, buf: bytes, upto: int, spans: list, sent: bytes,
+                         parse_rep: bytes | None = None) -> None:
+        """Keep a plan for replaying this batch's shape (see :mod:`proxy.bind_plans`);
+        ``parse_rep``: what replaced the unnamed Parse that opened the batch."""
+        fresh = parse_rep is not None
+        if fresh:  # the Bind/Describe/Execute/Sync after the Parse
+            cut = spans[1][1]
+            if not sent.startswith(parse_rep):
+                return
+            buf, upto, sent = buf[cut:], upto - cut, sent[len(parse_rep):]
+            spans = [(t, a - cut, b - cut) for t, a, b in spans[1:]]
         shape = bind_plans.batch_shape(buf, upto, spans)
-        if shape is None or self._frontend.buffered:
+        if shape is None or self._frontend.buffered or (fresh and shape[0] != ""):
             return
         audit = self.server.audit
         if audit is not None and (audit.wait_before_forward or audit.settings.include_literals):
@@ -391,12 +409,46 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             if prepared is None or prepared.decision is None or prepared.decision.grants_used:
                 return
             decision, upstream_name = prepared.decision, prepared.upstream
-        plan = bind_plans.make_plan(shape, prepared, decision, upstream_name)
+        plan = bind_plans.make_plan(shape, prepared, decision, upstream_name, fresh)
         if bind_plans.replay_bytes(plan, buf) == sent:
             plans = self._bind_plans
             if len(plans) >= bind_plans.MAX_PLANS and plan.names not in plans:
                 plans.clear()
             plans[plan.names] = plan
+
+    def _replay_parse_bind(self, data: bytes) -> bool:
+        """An unnamed Parse the guard answers from its parse plan, then a Bind/Describe/
+        Execute/Sync that matches the unnamed statement's bind plan: the short way."""
+        guard = self.guard
+        assert guard is not None
+        if (self._frontend.buffered or guard.ext_open or guard.path_dirty or guard.blocking
+                or guard.plans is None):
+            return False
+        end = 1 + int.from_bytes(data[1:5], "big")
+        rest = data[end:]
+        plan = self._bind_plans.get(b"\x00\x00")
+        if (plan is None or not plan.fresh or rest[:1] != b"B" or end < 6
+                or not bind_plans.matches(plan, rest)):
+            return False
+        audit = self.server.audit
+        if audit is not None and not audit.takes_forwarded:
+            return False  # the full way refuses what the audit cannot record
+        t0 = time.perf_counter()
+        parsed = m.decode_parse(data[5:end])
+        rep = guard.client_parse_planned(parsed)
+        if rep is None:
+            return False  # no plan for that Parse: nothing changed, the full way it is
+        if self.tracker is not None:
+            self.tracker.parse("", guard.last)
+        self.server.metrics.added.observe(time.perf_counter() - t0)
+        p = guard.stmts.prepared.get("")
+        if p is not None and p.decision is plan.decision and p.upstream == plan.upstream_name:
+            self.upstream.write(rep + self._replayed(plan, rest))  # type: ignore[union-attr]
+            return True
+        # the Parse is done; the rest of the batch takes the full way
+        self.upstream.write(rep)  # type: ignore[union-attr]
+        self._client_ready(rest)
+        return True
 
     def _replay_bind(self, plan: bind_plans.BindPlan, data: bytes) -> bool:
         """Send a batch that matches ``plan`` the short way; False to take the full way."""
@@ -407,42 +459,45 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             if guard.ext_open or guard.path_dirty or guard.blocking:
                 return False
             p = guard.stmts.prepared.get(plan.stmt)
-            if (p is not plan.prepared or p.decision is not plan.decision
-                    or p.upstream != plan.upstream_name):
+            if (p is None or (p is not plan.prepared and not plan.fresh)
+                    or p.decision is not plan.decision or p.upstream != plan.upstream_name):
                 return False
         tracker = self.tracker
-        if guard is None and tracker is not None:
+        if tracker is not None:
             audit = self.server.audit
             if audit is not None and not audit.takes_forwarded:
-                return False
+                return False  # the full way refuses what the audit cannot record
+        if guard is None:
             # nothing to point elsewhere: the batch goes first, its statement is followed
-            self._frontend.syncs_since_execute = 1
-            self.pending += 1
             self.upstream.write(data)  # type: ignore[union-attr]
+            self._replayed(plan, data)
+        else:
+            self.upstream.write(self._replayed(plan, data))  # type: ignore[union-attr]
+        return True
+
+    def _replayed(self, plan: bind_plans.BindPlan, data: bytes) -> bytes:
+        """The calls and state changes of a replayed Bind/Describe/Execute/Sync, as the full
+        way makes them; returns the bytes to send. The caller has checked that the audit
+        takes records now: the intent is queued without a second check."""
+        tracker = self.tracker
+        if tracker is not None:
             self._forwarded = True
             try:
                 tracker.bind("", plan.stmt)
+                if plan.upstream and plan.decision is not None:
+                    tracker.parse(plan.stmt, plan.decision)  # as the full way after a redirect
                 tracker.execute("", self._unknown_statement)
                 tracker.sync()
             finally:
                 self._forwarded = False
-            return True
-        if tracker is not None:
-            tracker.bind("", plan.stmt)
-            if plan.upstream and plan.decision is not None:
-                tracker.parse(plan.stmt, plan.decision)  # as the full way does after a redirect
-            try:
-                tracker.execute("", self._unknown_statement)
-            except AuditUnavailable:
-                return False  # the full way refuses the batch in-band
-            tracker.sync()
+        guard = self.guard
         if guard is not None:
             guard.stmts.portals[""] = plan.stmt
             guard.stmts.end_batch()
+            guard.ext_open = False  # the Sync closes the batch
         self._frontend.syncs_since_execute = 1  # an Execute, then one Sync
         self.pending += 1
-        self.upstream.write(bind_plans.replay_bytes(plan, data))  # type: ignore[union-attr]
-        return True
+        return bind_plans.replay_bytes(plan, data)
 
     def _forward_then_follow(self, data: bytes) -> None:
         """No guard: the client's bytes go upstream as they are, so they go first, and the

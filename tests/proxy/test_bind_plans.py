@@ -139,6 +139,7 @@ def _run(chunks: list[bytes], *, plans: bool, cache: int = 64,
             s.server.policy.set_grants(grants)
         replayed = 0
         full = Session._replay_bind
+        full_parse = Session._replay_parse_bind
 
         def replay(self, plan, data):
             nonlocal replayed
@@ -147,9 +148,22 @@ def _run(chunks: list[bytes], *, plans: bool, cache: int = 64,
             done = full(self, plan, data)
             replayed += done
             return done
+
+        def replay_parse(self, data):
+            nonlocal replayed
+            if not plans:
+                return False
+            done = full_parse(self, data)
+            replayed += done
+            return done
         s._replay_bind = replay.__get__(s)
+        s._replay_parse_bind = replay_parse.__get__(s)
         names, log = _Names(), []
         for chunk in chunks:
+            if callable(chunk):  # a change between two writes (grants, ...)
+                chunk(s)
+                log.append(None)
+                continue
             before = len(s.upstream.sent)
             s.data_received(chunk)
             sent = b"".join(s.upstream.sent[before:])
@@ -305,3 +319,62 @@ def test_an_open_batch_before_a_batch_shaped_read_is_not_replayed() -> None:
               + [bind("Y", "3") + b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00"]  # no Sync yet
               + _executions("P0", [4]) + _executions("P0", [5]))
     assert _same(chunks) == 2  # the 2nd and the 5th; not the one in the open batch
+
+
+def _unnamed(sql: str, value: str) -> bytes:
+    return parse("", sql) + bind("", value) + _TAIL
+
+
+def test_unnamed_parse_then_bind_batches_are_replayed_and_send_the_same() -> None:
+    """psycopg's default and pgbench -M extended: Parse of the same text in every batch."""
+    chunks = [_unnamed(MASKED, str(i)) for i in range(12)]
+    replayed = _same(chunks)
+    # the 1st prepares pgveil's statement, the 2nd is answered by the parse plan and teaches
+    # the bind plan, the rest are replayed
+    assert replayed == 10
+    log, _ = _run(chunks, plans=True)
+    assert b"\x00pgveil#0\x00" in log[-1][0]  # on pgveil's cached statement
+
+
+def test_unnamed_batches_of_other_texts_in_between_match_the_full_way() -> None:
+    chunks = []
+    for i in range(8):
+        chunks.append(_unnamed(MASKED, str(i)))
+        if i % 3 == 1:
+            chunks.append(_unnamed(PLAIN, str(i)))           # a forwarded text
+        if i == 4:
+            chunks.append(parse("P9", MASKED) + _SYNC)       # a named statement
+            chunks.extend(_executions("P9", [1, 2]))
+            chunks.append(_unnamed(MASKED, "x")[:-2])         # a split batch
+            chunks.append(_unnamed(MASKED, "x")[-2:] + b"")
+    assert _same(chunks) > 0
+
+
+def test_unnamed_batches_follow_a_new_grant() -> None:
+    chunks = [_unnamed(MASKED, str(i)) for i in range(6)]
+    grants = GrantSet([Grant(id="g1", user="analyst", table="public.customers",
+                             columns=("ssn",), expires_at=4e9)])
+    assert _same(chunks, grants=grants) == 0
+
+
+def test_a_grant_given_between_batches_stops_the_replay() -> None:
+    grants = GrantSet([Grant(id="g1", user="analyst", table="public.customers",
+                             columns=("ssn", "email"), expires_at=4e9)])
+    chunks = [_unnamed(MASKED, str(i)) for i in range(5)]
+    chunks.append(lambda s: s.server.policy.set_grants(grants))
+    chunks += [_unnamed(MASKED, str(i)) for i in range(5, 9)]
+    chunks += [parse("P0", MASKED) + _SYNC] + _executions("P0", range(3))
+    log, replayed = _run(chunks, plans=True)
+    assert replayed == 3  # before the grant only
+    # after it, each batch is decided again under the grant (ssn no longer redacted)
+    assert all(entry[0].startswith(b"P") and b".ssn," in entry[0] for entry in log[6:10])
+    assert all(b".ssn," not in entry[0] for entry in log[:5])
+    assert _same(chunks) == 3
+
+
+def test_unnamed_batches_after_a_partial_message_or_an_open_batch_take_the_full_way() -> None:
+    batch = _unnamed(MASKED, "5")
+    query_head = b"Q" + (4 + len(batch) + 1).to_bytes(4, "big")
+    warm = [_unnamed(MASKED, str(i)) for i in range(3)]
+    assert _same(warm + [query_head, batch, b"\x00"]) == 1
+    assert _same(warm + [parse("Y", PLAIN), batch, _unnamed(MASKED, "6")]) == 2
