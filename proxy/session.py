@@ -680,7 +680,9 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
     def _relay_then_follow(self, buf: bytes, upto: int, events: list) -> None:
         """No guard, nothing to replace: the answers go to the client first (after the
         audit intents of their statements have left this process), then the tracker
-        matches them to their statements."""
+        matches them to their statements. (The loop mirrors the tracking part of the
+        general loop in :meth:`_relay` on purpose — no call per message on the hot path;
+        tests/proxy/test_forward_first.py checks that both record the same.)"""
         audit = self.server.audit
         if audit is not None and audit._unsent:
             audit.handoff()

@@ -120,10 +120,8 @@ def test_the_writer_process_outlives_a_killed_proxy_cleanly(settings: AuditSetti
     assert report.records >= handed
 
 
-def test_writer_ignores_group_signals_and_ends_with_its_input(settings: AuditSettings) -> None:
-    """Ctrl-C or a service manager signals the whole group: the writer must outlive the
-    proxy's shutdown (which still flushes records to it) and end only with its input."""
-    s = _process(settings)
+def _child(s: AuditSettings) -> subprocess.Popen:
+    """A writer process, started and opened as the proxy does."""
     proc = subprocess.Popen([sys.executable, "-m", "proxy.audit.child"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE,
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
@@ -131,6 +129,14 @@ def test_writer_ignores_group_signals_and_ends_with_its_input(settings: AuditSet
     proc.stdin.write(json.dumps(dataclasses.asdict(s)).encode() + b"\n" + b"O")
     proc.stdin.flush()
     assert json.loads(proc.stdout.readline())["ok"]
+    return proc
+
+
+def test_writer_ignores_group_signals_and_ends_with_its_input(settings: AuditSettings) -> None:
+    """Ctrl-C or a service manager signals the whole group: the writer must outlive the
+    proxy's shutdown (which still flushes records to it) and end only with its input."""
+    s = _process(settings)
+    proc = _child(s)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGTERM)
     prefix = b'{"seq":1,"ts":"2026-01-01T00:00:00.000000Z","instance":"test-1","type":"event","event":"x"'
@@ -141,17 +147,6 @@ def test_writer_ignores_group_signals_and_ends_with_its_input(settings: AuditSet
     assert proc.wait(10) == 0
     report = verify_files(s.path, key_of(s))
     assert report.ok and report.records == 1
-
-
-def _child(s: AuditSettings) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "proxy.audit.child"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
-                            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(dataclasses.asdict(s)).encode() + b"\n" + b"O")
-    proc.stdin.flush()
-    assert json.loads(proc.stdout.readline())["ok"]
-    return proc
 
 
 def _request(op: bytes, first: int, seqs: list[int]) -> bytes:

@@ -26,6 +26,7 @@ from proxy.server import ProxyServer
 from proxy.session import Session
 from proxy.states import READY, TRACKED_INTERESTING
 from proxy.tracker import StatementTracker
+from tests.proxy.fakes import FakeTransport
 from tests.policy.sample import sample_catalog, sample_policy
 
 MASKED = "SELECT id, name, email, ssn FROM customers WHERE id = $1"
@@ -36,37 +37,12 @@ _ANSWER = (b"2\x00\x00\x00\x04" + m.row_description(["id", "name"]) + m.data_row
            + m.command_complete("SELECT 1") + m.ready_for_query(b"I"))
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(bytes(data))
-
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, key, default=None):
-        return default
-
-
 def _session(cache: int = 64) -> Session:
     srv = ProxyServer(parse_settings(f"[proxy]\nstatement_cache = {cache}\n"))
     srv.policy.policy = sample_policy()
     srv.policy.catalogs["db"] = CatalogState(catalog=sample_catalog(), version=1)
     s = Session(srv)
-    s.client, s.upstream = _Transport(), _Transport()
+    s.client, s.upstream = FakeTransport(), FakeTransport()
     s.startup = m.StartupMessage(196608, {"user": "analyst", "database": "db"})
     s.parameters = {"search_path": '"$user", public', "standard_conforming_strings": "on"}
     s.state = READY

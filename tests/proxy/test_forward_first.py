@@ -22,6 +22,7 @@ from proxy.server import ProxyServer
 from proxy.session import Session
 from proxy.states import READY, TRACKED_INTERESTING
 from proxy.tracker import StatementTracker
+from tests.proxy.fakes import FakeTransport
 
 _SYNC = b"S\x00\x00\x00\x04"
 _TAIL = b"D\x00\x00\x00\x06P\x00" + b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + _SYNC
@@ -41,30 +42,6 @@ class _Memory(Sink):
 
     async def write(self, first_seq: int, lines: list[bytes]) -> None:
         self.lines.extend(lines)
-
-
-class _Transport:
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.sent.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, key, default=None):
-        return default
 
 
 def _answer_for(sent: bytes) -> bytes:
@@ -103,7 +80,7 @@ def _run(chunks: list[bytes], *, forward_first: bool) -> tuple[list, list[dict],
         if not forward_first:
             AuditLog.takes_forwarded = property(lambda self: False)  # restored below
         s = Session(srv)
-        s.client, s.upstream = _Transport(), _Transport()
+        s.client, s.upstream = FakeTransport(), FakeTransport()
         s.startup = m.StartupMessage(196608, {"user": "postgres", "database": "db"})
         s.parameters = {"search_path": '"$user", public', "standard_conforming_strings": "on",
                         "application_name": "t"}
