@@ -110,6 +110,12 @@ class _Live:
                                     "Age of the oldest audit record not yet durable")
             lag.add_metric([], a.lag_seconds)
             yield lag
+            st = CounterMetricFamily(
+                "pgveil_audit_handoffs_stalled",
+                "Hand-offs to the audit writer process that found its pipe full (records "
+                "waited in the proxy's memory: the writer process lags)")
+            st.add_metric([], a.handoffs_stalled)
+            yield st
             h = GaugeMetricFamily("pgveil_audit_healthy", "1 when the audit sink accepts writes")
             h.add_metric([], 1 if a.healthy else 0)
             yield h

@@ -139,6 +139,11 @@ class AuditLog:
         return time.monotonic() - self._queue[0][2] if self._queue else 0.0
 
     @property
+    def handoffs_stalled(self) -> int:
+        """Hand-offs that found the writer process's pipe full (see :mod:`.sinks.child`)."""
+        return getattr(self._sink, "stalled", 0)
+
+    @property
     def pending(self) -> int:
         return len(self._queue)
 

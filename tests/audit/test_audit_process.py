@@ -205,3 +205,33 @@ def test_the_log_hands_records_off_when_asked_and_with_each_group_commit(
 
     run(main())
     assert verify_files(s.path, key_of(s)).ok
+
+
+def test_a_stopped_writer_fills_its_pipe_then_catches_up(settings: AuditSettings) -> None:
+    """The writer process is stopped (a stalled disk, a debugger): hand-offs fill the pipe,
+    are counted as stalled and wait in the proxy; once it runs again everything is written."""
+    s = _process(settings)
+    big = "x" * 4000
+
+    async def main() -> int:
+        log = AuditLog(s)
+        await log.start()
+        sink = log._sink  # type: ignore[attr-defined]
+        os.kill(sink._proc.pid, signal.SIGSTOP)
+        try:
+            n = 0
+            while log.handoffs_stalled == 0:
+                assert n < 2000, "the pipe never filled"
+                log.intent(intent_fields(n=n, note=big))
+                log.handoff()
+                n += 1
+        finally:
+            os.kill(sink._proc.pid, signal.SIGCONT)
+        await log.flush(30)
+        await log.close()
+        return n
+
+    n = run(main())
+    report = verify_files(s.path, key_of(s))
+    assert report.ok, report
+    assert report.records == n + 2  # start, the intents, stop
