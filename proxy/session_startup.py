@@ -253,7 +253,13 @@ class StartupMixin:
                     self.tracker = StatementTracker(self._begin, self._end,
                                                     rows=self.server.audit is not None)
                     interesting = TRACKED_INTERESTING
-                    self.server.policy.ensure_catalog(self.database)
+                    task = self.server.policy.ensure_catalog(self.database)
+                    if (task is not None and self.server.audit is not None
+                            and not self.server.policy.masks(self.user)):
+                        # the audit records which tables a statement touches: that needs
+                        # the catalog, so the first statements wait for its first load
+                        # (a masked session waits for it below anyway)
+                        self._hold(task)
                 if self.server.policy.masks(self.user):
                     self.guard = Guard(self.server.policy, self.user, self.database,
                                        self.parameters, self.settings.proxy.notice_masked,

@@ -448,6 +448,13 @@ class AuditLog:
             for _ in range(len(batch)):
                 popleft()
             self._durable_seq = first + len(batch) - 1
+            if self._unsent:  # what the group commit sent needs no hand-off any more
+                done = self._durable_seq - self._unsent_first + 1
+                if done >= len(self._unsent):
+                    self._unsent = []
+                elif done > 0:
+                    del self._unsent[:done]
+                    self._unsent_first += done
             self.written += len(batch)
             self.batches += 1
             self._release_waiters()

@@ -235,3 +235,28 @@ def test_a_stopped_writer_fills_its_pipe_then_catches_up(settings: AuditSettings
     report = verify_files(s.path, key_of(s))
     assert report.ok, report
     assert report.records == n + 2  # start, the intents, stop
+
+
+def test_a_hand_off_overlapping_a_group_commit_sends_the_rest(settings: AuditSettings) -> None:
+    """Records queued while a group commit was taking its batch are handed off too (the
+    part the commit already sent is skipped, not the whole hand-off)."""
+    s = _process(settings)
+
+    async def main() -> None:
+        log = AuditLog(s)
+        await log.start()
+        sink = log._sink  # type: ignore[attr-defined]
+        first = log.intent(intent_fields(n=1))
+        await log.flush(10)  # a group commit sends it and trims the hand-off list
+        assert sink.sent_seq == first and not log._unsent  # type: ignore[attr-defined]
+        # a commit that takes its batch while more records are queued: the later ones
+        # stay listed for the hand-off
+        log._unsent, log._unsent_first = [b"stale"], first  # type: ignore[attr-defined]
+        second = log.intent(intent_fields(n=2))
+        log.handoff()
+        assert sink.sent_seq == second  # the new record went, the old one was skipped
+        await log.close()
+
+    run(main())
+    report = verify_files(s.path, key_of(s))
+    assert report.ok and report.records == 4, report  # start, 2 intents, stop

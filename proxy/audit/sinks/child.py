@@ -96,12 +96,18 @@ class ChildSink(Sink):
             return ChainTip(seq=reply["seq"], hash=reply["hash"], notes=reply.get("notes") or [])
 
     def handoff(self, first_seq: int, lines: list[bytes]) -> bool:
-        """Hand records ``first_seq``… to the process now, unanswered. False when they do
-        not continue what it has, or it is not up: the next :meth:`write` sends them."""
+        """Hand records ``first_seq``… to the process now, unanswered (those a group commit
+        already sent are skipped). False when they would leave a gap after what it has, or
+        it is not up: the next :meth:`write` sends them."""
         proc = self._proc
-        if (not self._ready or first_seq != self.sent_seq + 1 or proc is None
-                or proc.returncode is not None or proc.stdin is None):
+        skip = self.sent_seq + 1 - first_seq  # the start may have gone with a group commit
+        if (not self._ready or skip < 0 or proc is None or proc.returncode is not None
+                or proc.stdin is None):
             return False
+        if skip >= len(lines):
+            return True
+        if skip:
+            lines, first_seq = lines[skip:], first_seq + skip
         payload = b"\n".join(lines)
         data = b"H" + _HEAD.pack(first_seq, len(payload)) + payload
         transport = proc.stdin.transport
