@@ -13,12 +13,13 @@ same way, from a plan learnt for the unnamed statement (``fresh``: its statement
 new each time, so its decision and upstream name are what must match).
 
 A session learns a plan per statement name from one such batch handled the full way, and
-replays it for later batches whose bytes match: the same statement name and the very same Describe/Execute/Sync
-bytes after the Bind. The session replays only while the guard maps that name to the same
-statement object, with the same decision and upstream name, and that decision used no grant
-(a grant can end between two Binds: the full way checks it each time); while nothing else is
-in flight (no open batch, no partial message, no search_path change awaiting its Sync); and
-while the audit does not wait for durability or log parameters. The replay makes the same
+replays it for later batches whose bytes match: the same statement name and the very same
+Describe/Execute/Sync bytes after the Bind. The session replays only while the guard maps
+that name to the same statement object, with the same decision and upstream name, and that
+decision used no grant (a grant can end between two Binds: the full way checks it each
+time); while nothing else is in flight (no open batch, no partial message, no search_path
+change awaiting its Sync); and while the audit log takes records without waiting for
+durability or logging parameters. The replay makes the same
 calls and sends the same bytes as the full way; a plan is kept only when the bytes it would
 have sent for its teaching batch equal what the full way sent.
 
