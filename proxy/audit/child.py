@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import struct
 import sys
@@ -104,8 +105,28 @@ class _Inbox(asyncio.Protocol):
         try:
             await asyncio.sleep(seconds)
         finally:
+            self._read_all()
             self.transport.resume_reading()
-        await asyncio.sleep(0)  # one turn of the loop: the transport reads what is waiting
+
+    def _read_all(self) -> None:
+        """Take everything waiting in the pipe now (the transport reads a chunk per turn of
+        the loop: after a rest that would leave most of a group commit in the pipe)."""
+        try:
+            fd = self.transport.get_extra_info("pipe").fileno()  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            return
+        while True:
+            try:
+                data = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.eof = True
+                return
+            if not data:
+                self.eof = True
+                return
+            self.buf += data
 
     def request(self) -> tuple[bytes, int, bytes] | None:
         """The next whole request as ``(op, first, payload)``, or None if not all here.
