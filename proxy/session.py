@@ -116,9 +116,6 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self._holding = False  # client bytes wait in _backlog while a statement is held
         self._bind_plans: dict[bytes, bind_plans.BindPlan] = {}  # see proxy.bind_plans
         self._forwarded = False  # the statements being followed are already upstream
-        self._answers_held: list[bytes] | None = None  # answers waiting for the audit
-        self._answers_task: asyncio.Task | None = None
-        self._client_full = False  # the client's socket buffer is full (pause_writing)
         self._backlog = b""
 
     @property
@@ -181,13 +178,11 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self.server.release(self)
 
     def pause_writing(self) -> None:
-        self._client_full = True
         if self.upstream is not None:
             self.upstream.pause_reading()
 
     def resume_writing(self) -> None:
-        self._client_full = False
-        if self.upstream is not None and self._answers_held is None:
+        if self.upstream is not None:
             self.upstream.resume_reading()
 
     def pause_client_reading(self) -> None:
@@ -672,16 +667,13 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                 out = []
             last = upto  # the rest of a withheld result is dropped
         audit = self.server.audit
-        if audit is not None:
-            if audit._unsent:
-                audit.handoff()  # the intents leave this process before their answers do
-            if self._answers_held is None and audit.handoff_lagging:
-                self._hold_answers(audit)
+        if audit is not None and audit._unsent:
+            audit.handoff()  # the intents leave this process before their answers do
         if out is not None:
             out.append(buf[last:upto])
-            self._answer(b"".join(out))
+            self.client.write(b"".join(out))  # type: ignore[union-attr]
         elif upto:
-            self._answer(buf if upto == len(buf) else buf[:upto])
+            self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
         if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
             self._became_idle()
 
@@ -692,13 +684,10 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         general loop in :meth:`_relay` on purpose — no call per message on the hot path;
         tests/proxy/test_forward_first.py checks that both record the same.)"""
         audit = self.server.audit
-        if audit is not None:
-            if audit._unsent:
-                audit.handoff()
-            if self._answers_held is None and audit.handoff_lagging:
-                self._hold_answers(audit)
+        if audit is not None and audit._unsent:
+            audit.handoff()
         if upto:
-            self._answer(buf if upto == len(buf) else buf[:upto])
+            self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
         tracker = self.tracker
         for mtype, start, stop in events:
             if mtype == _Z:
@@ -724,35 +713,6 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                     tracker.error(fields.get("C", "XX000"))
         if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
             self._became_idle()
-
-    def _answer(self, data: bytes) -> None:
-        """Answers to the client, unless they wait for the audit (see _hold_answers)."""
-        held = self._answers_held
-        if held is not None:
-            held.append(data)
-        else:
-            self.client.write(data)  # type: ignore[union-attr]
-
-    def _hold_answers(self, audit) -> None:
-        """The audit writer process lags and handed-off intents are still in this process:
-        answers wait until they are in its pipe, and the server's next answers wait in
-        their socket (backpressure) — an answered statement's intent must survive a crash
-        of the proxy."""
-        self._answers_held = []
-        if self.upstream is not None:
-            self.upstream.pause_reading()
-
-        async def release() -> None:
-            try:
-                await audit.handed_off()
-            finally:
-                held, self._answers_held = self._answers_held, None
-                if held and self.client is not None and not self.client.is_closing():
-                    self.client.write(b"".join(held))
-                if self.upstream is not None and not self._client_full:
-                    self.upstream.resume_reading()
-
-        self._answers_task = asyncio.get_running_loop().create_task(release())
 
     def _became_idle(self) -> None:
         """Every statement sent has been answered: release waiters, or finish a drain."""

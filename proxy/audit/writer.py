@@ -298,15 +298,6 @@ class AuditLog:
             self._unsent_first = seq
         self._unsent.append(prefix)
 
-    @property
-    def handoff_lagging(self) -> bool:
-        """Handed-off records wait in the proxy's memory: the writer process lags. Answers
-        should wait for :meth:`handed_off` (the intents must leave the proxy first)."""
-        return self._hands_off and self._sink.lagging  # type: ignore[attr-defined]
-
-    async def handed_off(self) -> None:
-        await self._sink.caught_up()  # type: ignore[attr-defined]
-
     def handoff(self) -> None:
         """Give the writer process what was queued since the last hand-off. Sessions call
         it (when ``_unsent`` is not empty) before they write answers to their client, so a

@@ -65,8 +65,6 @@ class ChildSink(Sink):
         assert self._proc.stdin is not None
         _grow_pipe(self._proc.stdin)
         self._fd = _nonblocking_fd(self._proc.stdin)
-        # drain() then means "all of it is in the pipe", which caught_up() waits for
-        self._proc.stdin.transport.set_write_buffer_limits(high=0)
         # the settings go first, on the pipe: a sink URL may hold a password
         self._proc.stdin.write(json.dumps(dataclasses.asdict(self.settings)).encode() + b"\n")
 
@@ -129,25 +127,6 @@ class ChildSink(Sink):
             self.stalled += 1  # partly in this process's memory: the writer lags
         self.sent_seq = first_seq + len(lines) - 1
         return True
-
-    @property
-    def lagging(self) -> bool:
-        """Some handed-off records are still in this process's memory (the pipe was full):
-        they would not survive the proxy."""
-        proc = self._proc
-        return bool(proc is not None and proc.stdin is not None
-                    and proc.stdin.transport.get_write_buffer_size())
-
-    async def caught_up(self) -> None:
-        """Until everything handed off is in the pipe (or the process is gone: then the
-        next group commit sends it to a new one)."""
-        proc = self._proc
-        if proc is None or proc.stdin is None:
-            return
-        try:
-            await proc.stdin.drain()
-        except (ConnectionError, RuntimeError):
-            pass
 
     async def write(self, first_seq: int, lines: list[bytes]) -> None:
         async with self._lock:
