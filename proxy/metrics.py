@@ -112,8 +112,8 @@ class _Live:
             yield lag
             st = CounterMetricFamily(
                 "pgveil_audit_handoffs_stalled",
-                "Hand-offs to the audit writer process that found its pipe full (records "
-                "waited in the proxy's memory: the writer process lags)")
+                "Hand-offs to the audit writer process that did not all go into its pipe at "
+                "once (part waited in the proxy's transport buffer, flushed by the event loop)")
             st.add_metric([], a.handoffs_stalled)
             yield st
             h = GaugeMetricFamily("pgveil_audit_healthy", "1 when the audit sink accepts writes")
