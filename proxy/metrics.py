@@ -112,8 +112,9 @@ class _Live:
             yield lag
             st = CounterMetricFamily(
                 "pgveil_audit_handoffs_stalled",
-                "Hand-offs to the audit writer process that did not all go into its pipe at "
-                "once (part waited in the proxy's transport buffer, flushed by the event loop)")
+                "Audit records the writer process's shared ring could not take when they "
+                "were queued (the writer lagged a whole ring behind): they waited in the "
+                "proxy's memory until the next group commit or hand-off")
             st.add_metric([], a.handoffs_stalled)
             yield st
             h = GaugeMetricFamily("pgveil_audit_healthy", "1 when the audit sink accepts writes")

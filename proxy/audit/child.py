@@ -6,45 +6,49 @@ hold a password) so that HMAC, hashing, writes and fsyncs use another core inste
 event loop's. The proxy keeps the queue, the sequence numbers and every decision about
 failing closed; this process is a sink that also seals (see :mod:`.sinks.child`).
 
-Protocol, over its stdin (requests) and stdout (one JSON line per ``O`` and ``W``):
+Records arrive two ways:
 
-* ``O`` — open the sink: ``{"ok": true, "seq": N, "hash": H, "notes": [...]}``;
-* ``H`` + first seq (8 bytes) + length (4 bytes) + record prefixes joined by newlines —
-  *hand-off*: seal them and hold them, no answer. The proxy hands records over within one
-  turn of its event loop, before the answer of their statement goes to the client; from
-  then on they no longer depend on the proxy staying alive;
-* ``W`` + first seq + length + prefixes (possibly none) — seal these too, then write
-  everything held and make it durable: ``{"ok": true, "seq": N}`` with the last durable seq;
+* through the shared-memory ring (:mod:`.ring`) the proxy copies each record into when it
+  queues it. The first input line names the ring's descriptor and size
+  (``{"settings": {...}, "ring": [fd, size]}``); without ``ring``, only the pipe is used;
+* in the payload of a ``W`` request: what did not fit in the ring, or was queued while no
+  writer was ready.
+
+Requests, over its stdin (answers: one JSON line each, on stdout):
+
+* ``O`` — open the sink, and read the ring from its start:
+  ``{"ok": true, "seq": N, "hash": H, "notes": [...]}``;
+* ``W`` + first seq (8 bytes) + length (4 bytes) + ring position (8 bytes) + record
+  prefixes joined by newlines (possibly none) — take the ring's records up to that
+  position, then the payload's; seal them; write and make durable everything held:
+  ``{"ok": true, "seq": N, "taken": P}`` with the last durable seq and how far the ring
+  was read (errors carry ``taken`` too);
 * ``C`` — close the sink and exit.
 
-Records are taken strictly in seq order: a hand-off that does not continue the held chain is
-ignored (the proxy sends it again with its next ``W``), and a ``W`` that would leave a gap is
-refused. Any failure is answered ``{"ok": false, "error": "…"}``; what is held stays held
-and the process keeps going: the proxy retries. End of input (the proxy exited, even by
-kill -9) writes everything received so far, then closes the sink.
-
-With ``fsync = "batch"`` this process reads its input at most once per group-commit delay
-(the pipe holds what arrives meanwhile), so a busy proxy costs it one wake-up per batch,
-not one per hand-off.
+Records are taken strictly in seq order: a payload that does not continue the held chain is
+refused (``{"ok": false}``), ring records that do not are dropped, and the proxy, seeing a
+durable seq short of its batch, sends everything again in the payload. Any failure is answered
+``{"ok": false, "error": "…"}``; what is held stays held and the process keeps going: the
+proxy retries. End of input (the proxy exited, even by kill -9) takes what the ring holds,
+writes everything, then closes the sink: a record the proxy had queued is on disk even
+though the proxy died before its group commit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import struct
 import sys
 
 from .keys import load_or_create_key
 from .records import Sealer
+from .ring import RingReader
 from .sealing import seal_prefixes
 from .settings import AuditSettings
 
-BATCH_DELAY = 0.010  # fsync = "batch": the writer's group-commit delay (as the proxy's)
-
-_HEAD = struct.Struct("!QI")
+_HEAD = struct.Struct("!QIQ")  # first seq, payload length, ring position
 
 
 def _reason(exc: BaseException) -> str:
@@ -98,38 +102,9 @@ class _Inbox(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    async def rest(self, seconds: float) -> None:
-        """Stop reading for ``seconds``: what the proxy sends meanwhile waits in the pipe."""
-        assert self.transport is not None
-        self.transport.pause_reading()
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            self._read_all()
-            self.transport.resume_reading()
-
-    def _read_all(self) -> None:
-        """Take everything waiting in the pipe now (the transport reads a chunk per turn of
-        the loop: after a rest that would leave most of a group commit in the pipe)."""
-        try:
-            fd = self.transport.get_extra_info("pipe").fileno()  # type: ignore[union-attr]
-        except (AttributeError, OSError, ValueError):
-            return
-        while True:
-            try:
-                data = os.read(fd, 1 << 20)
-            except BlockingIOError:
-                return
-            except OSError:
-                self.eof = True
-                return
-            if not data:
-                self.eof = True
-                return
-            self.buf += data
-
-    def request(self) -> tuple[bytes, int, bytes] | None:
-        """The next whole request as ``(op, first, payload)``, or None if not all here.
+    def request(self) -> tuple[bytes, int, int, bytes] | None:
+        """The next whole request as ``(op, first, ring_end, payload)``, or None if not
+        all here.
         (Taken from a read position; the buffer is trimmed once it is used up, so many
         small hand-offs in one read cost no quadratic copying.)"""
         buf, pos = self.buf, self.pos
@@ -139,25 +114,34 @@ class _Inbox(asyncio.Protocol):
                 self.pos = 0
             return None
         op = bytes(buf[pos : pos + 1])
-        if op not in (b"H", b"W"):
+        if op != b"W":
             self.pos = pos + 1
-            return op, 0, b""
+            return op, 0, 0, b""
         if len(buf) - pos < 1 + _HEAD.size:
             self._trim()
             return None
-        first, size = _HEAD.unpack_from(buf, pos + 1)
+        first, size, ring_end = _HEAD.unpack_from(buf, pos + 1)
         end = pos + 1 + _HEAD.size + size
         if len(buf) < end:
             self._trim()
             return None
         payload = bytes(buf[pos + 1 + _HEAD.size : end])
         self.pos = end
-        return op, first, payload
+        return op, first, ring_end, payload
 
     def _trim(self) -> None:
         if self.pos:
             del self.buf[: self.pos]
             self.pos = 0
+
+
+def _ring_first_seq(chunk: bytes) -> int:
+    """The seq of the first record in a ring chunk (each record starts ``{"seq":N,``)."""
+    if not chunk.startswith(b'{"seq":'):
+        return -1
+    comma = chunk.find(b",", 7, 40)
+    digits = chunk[7:comma] if comma > 0 else b""
+    return int(digits) if digits.isdigit() else -1
 
 
 async def serve(stdin, out) -> None:
@@ -172,20 +156,20 @@ async def serve(stdin, out) -> None:
         await inbox.wait()
     first_line, _, rest = bytes(inbox.buf).partition(b"\n")
     inbox.buf, inbox.pos = bytearray(rest), 0
-    settings = AuditSettings(**json.loads(first_line))
+    start = json.loads(first_line)
+    settings = AuditSettings(**start["settings"])
+    ring = RingReader(*start["ring"]) if start.get("ring") else None
     sealer = Sealer(load_or_create_key(settings.key_file))
     sink = make_local_sink(settings, sealer)
-    delay = BATCH_DELAY if settings.fsync == "batch" else 0.0
     written_seq = 0          # the last durable seq
     held: list[bytes] = []   # sealed lines after it, not yet written
     tip_seq, tip_hash = 0, ""  # the last sealed record (held or written)
     opened = False
-    next_turn = 0.0
 
     def take(first: int, payload: bytes) -> bool:
         """Seal what continues the chain; False when ``first`` would leave a gap."""
         nonlocal tip_seq, tip_hash
-        if first > tip_seq + 1:
+        if first > tip_seq + 1 or first < 1:
             return False
         if not payload:
             return True
@@ -197,6 +181,14 @@ async def serve(stdin, out) -> None:
             tip_seq = first + len(prefixes) - 1
         return True
 
+    def take_ring(end: int) -> bool:
+        if ring is None:
+            return True
+        chunk = ring.take(end)
+        if not chunk:
+            return True
+        return take(_ring_first_seq(chunk), chunk[:-1])
+
     async def write_held() -> None:
         nonlocal written_seq
         if held:
@@ -204,41 +196,42 @@ async def serve(stdin, out) -> None:
             written_seq = tip_seq
             held.clear()
 
+    def taken() -> int:
+        return ring.read_pos if ring is not None else 0
+
     try:
         while True:
             req = inbox.request()
             if req is None:
                 if inbox.eof:
                     if opened:
-                        await write_held()  # the proxy is gone: keep what it handed over
+                        # the proxy is gone: keep what it queued, then what it handed over
+                        if ring is not None:
+                            take_ring(ring.published())
+                        await write_held()
                     return
                 await inbox.wait()
-                if delay and opened:
-                    # group commit: one turn per delay, however often the proxy hands off
-                    pause = next_turn - loop.time()
-                    if pause > 0:
-                        await inbox.rest(pause)
-                    next_turn = loop.time() + delay
                 continue
-            op, first, payload = req
-            if op == b"H":
-                if opened:
-                    take(first, payload)  # a gap: ignored, the proxy's next W resends it
-            elif op == b"W":
+            op, first, ring_end, payload = req
+            if op == b"W":
                 if not opened:
-                    _reply(out, {"ok": False, "error": "the audit sink is not open"})
+                    _reply(out, {"ok": False, "error": "the audit sink is not open",
+                                 "taken": taken()})
                     continue
+                take_ring(ring_end)  # (a gap there is dropped: the proxy sends it again)
                 if not take(first, payload):
                     _reply(out, {"ok": False, "error": f"records before seq {first} are "
-                                 f"missing (the writer has up to {tip_seq})"})
+                                 f"missing (the writer has up to {tip_seq})", "taken": taken()})
                     continue
                 try:
                     await write_held()
                 except Exception as exc:  # noqa: BLE001 - reported to the proxy
-                    _reply(out, {"ok": False, "error": _reason(exc)})
+                    _reply(out, {"ok": False, "error": _reason(exc), "taken": taken()})
                     continue
-                _reply(out, {"ok": True, "seq": written_seq})
+                _reply(out, {"ok": True, "seq": written_seq, "taken": taken()})
             elif op == b"O":
+                if ring is not None:
+                    ring.reset()  # the proxy empties the ring before it asks
                 try:
                     tip = await sink.open()
                 except Exception as exc:  # noqa: BLE001 - reported to the proxy

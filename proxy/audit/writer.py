@@ -80,10 +80,10 @@ class AuditLog:
         self._instance_json = json.dumps(settings.instance, ensure_ascii=False).encode()
         self._literals = settings.include_literals
         self._sink_seals = bool(getattr(self._sink, "seals", False))
-        # a sink in another process takes records before their answers go out (see
-        # handoff): they survive the proxy from then on
-        self._hands_off = callable(getattr(self._sink, "handoff", None))
-        self._unsent: list[bytes] = []  # prefixes queued since the last hand-off
+        # a sink in another process takes each record as it is queued (shared memory, see
+        # handoff): it survives the proxy from then on
+        self._hands_off = callable(getattr(self._sink, "put", None))
+        self._unsent: list[bytes] = []  # prefixes queued that the sink could not take yet
         self._unsent_first = 0  # the seq of _unsent[0]
         # the next seq to give out, and the chain's tip (hash of the last *written* line,
         # used when this process seals; a sealing sink keeps its own)
@@ -140,7 +140,8 @@ class AuditLog:
 
     @property
     def handoffs_stalled(self) -> int:
-        """Hand-offs that found the writer process's pipe full (see :mod:`.sinks.child`)."""
+        """Records the writer process's ring could not take at once (the writer lagged a
+        ring behind): they waited in the proxy (see :mod:`.sinks.child`)."""
         return getattr(self._sink, "stalled", 0)
 
     @property
@@ -285,7 +286,7 @@ class AuditLog:
         prefix = b'{"seq":%d,"ts":"%s","instance":%s,"type":"%s",%s' % (
             seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment)
         self._queue.append((seq, prefix, time.monotonic()))
-        if self._hands_off:
+        if self._hands_off and (self._unsent or not self._sink.put(seq, prefix)):  # type: ignore[attr-defined]
             self._add_unsent(seq, prefix)
         if not self._woken:
             self._woken = True
@@ -299,14 +300,19 @@ class AuditLog:
         self._unsent.append(prefix)
 
     def handoff(self) -> None:
-        """Give the writer process what was queued since the last hand-off. Sessions call
-        it (when ``_unsent`` is not empty) before they write answers to their client, so a
-        statement's intent has left this process before any of its answer has; what no
-        answer follows goes with the next group commit."""
+        """Give the writer process the records it could not take when they were queued
+        (its ring was full, or it was restarting). Sessions call it when ``_unsent`` is not
+        empty before they write answers to their client, so a statement's intent has left
+        this process before any of its answer has whenever the ring has room; what is left
+        goes with the next group commit."""
         unsent = self._unsent
         if unsent:
-            self._unsent = []
-            self._sink.handoff(self._unsent_first, unsent)  # type: ignore[attr-defined]
+            done = self._sink.put_many(self._unsent_first, unsent)  # type: ignore[attr-defined]
+            if done >= len(unsent):
+                self._unsent = []
+            elif done:
+                del unsent[:done]
+                self._unsent_first += done
 
     def _enqueue_encoded(self, type_: bytes, fragment: bytes) -> int:
         if (not self._opened or self._closing or self._unreported_drops
@@ -360,7 +366,7 @@ class AuditLog:
         self._next_seq = seq + 1
         prefix = records.encode(rec)[:-1]
         self._queue.append((seq, prefix, time.monotonic()))
-        if self._hands_off:
+        if self._hands_off and (self._unsent or not self._sink.put(seq, prefix)):  # type: ignore[attr-defined]
             self._add_unsent(seq, prefix)
         self._wake.set()
         return seq
@@ -455,6 +461,7 @@ class AuditLog:
                 elif done > 0:
                     del self._unsent[:done]
                     self._unsent_first += done
+                self.handoff()  # the commit freed ring space: the rest goes in now
             self.written += len(batch)
             self.batches += 1
             self._release_waiters()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from proxy.audit import AuditLog, AuditSettings
+from proxy.audit.ring import RingWriter
 from proxy.audit.sinks.child import ChildSink
 from proxy.audit.verify import verify_files
 
@@ -120,16 +121,66 @@ def test_the_writer_process_outlives_a_killed_proxy_cleanly(settings: AuditSetti
     assert report.records >= handed
 
 
-def _child(s: AuditSettings) -> subprocess.Popen:
-    """A writer process, started and opened as the proxy does."""
+QUEUED_THEN_KILLED = r"""
+import asyncio, json, os, sys
+from proxy.audit import AuditLog, AuditSettings
+s = AuditSettings(**json.loads(sys.argv[1]))
+async def main():
+    log = AuditLog(s)
+    await log.start()
+    await log.flush(10)
+    for i in range(200):
+        log.intent({"session": "s", "user": "u", "database": "d", "decision": "forward", "n": i})
+    # no group commit, no turn of the loop: the records are only queued (and in the ring)
+    print("queued", log.written, log.pending, flush=True)
+    os.kill(os.getpid(), 9)
+asyncio.run(main())
+"""
+
+
+def test_records_queued_but_never_committed_survive_kill_9(settings: AuditSettings) -> None:
+    """Queued is enough: the proxy is killed before any group commit takes its records, and
+    the orphaned writer still writes all of them from the shared ring."""
+    s = _process(settings)
+    proc = subprocess.run([sys.executable, "-c", QUEUED_THEN_KILLED,
+                           json.dumps(dataclasses.asdict(s))],
+                          capture_output=True, text=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert proc.returncode == -9, proc.stderr
+    written, pending = map(int, proc.stdout.split()[1:3])
+    assert pending == 200 and written >= 1  # the start record was durable, the rest queued
+
+    async def settled() -> None:  # the orphaned writer drains the ring and exits
+        for _ in range(200):
+            if len(lines_of(s.path)) >= written + pending:
+                return
+            await asyncio.sleep(0.05)
+
+    run(settled())
+    report = verify_files(s.path, key_of(s))
+    assert report.ok, report
+    assert report.records == written + pending
+    assert [json.loads(line).get("n") for line in lines_of(s.path)][written:] == list(range(200))
+
+
+def _child(s: AuditSettings, ring: RingWriter | None = None) -> subprocess.Popen:
+    """A writer process, started and opened as the proxy does (with ``ring``, sharing it)."""
+    start = {"settings": dataclasses.asdict(s)}
+    if ring is not None:
+        start["ring"] = [ring.fd, ring.size]
     proc = subprocess.Popen([sys.executable, "-m", "proxy.audit.child"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE,
+                            stdout=subprocess.PIPE, pass_fds=(ring.fd,) if ring else (),
                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert proc.stdin is not None and proc.stdout is not None
-    proc.stdin.write(json.dumps(dataclasses.asdict(s)).encode() + b"\n" + b"O")
+    proc.stdin.write(json.dumps(start).encode() + b"\n" + b"O")
     proc.stdin.flush()
     assert json.loads(proc.stdout.readline())["ok"]
     return proc
+
+
+def _prefix(n: int) -> bytes:
+    return (b'{"seq":%d,"ts":"2026-01-01T00:00:00.000000Z","instance":"test-1","type":"event",'
+            b'"event":"x"' % n)
 
 
 def test_writer_ignores_group_signals_and_ends_with_its_input(settings: AuditSettings) -> None:
@@ -139,54 +190,84 @@ def test_writer_ignores_group_signals_and_ends_with_its_input(settings: AuditSet
     proc = _child(s)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGTERM)
-    prefix = b'{"seq":1,"ts":"2026-01-01T00:00:00.000000Z","instance":"test-1","type":"event","event":"x"'
-    proc.stdin.write(b"W" + struct.pack("!QI", 1, len(prefix)) + prefix)
+    prefix = _prefix(1)
+    proc.stdin.write(b"W" + struct.pack("!QIQ", 1, len(prefix), 0) + prefix)
     proc.stdin.flush()
-    assert json.loads(proc.stdout.readline()) == {"ok": True, "seq": 1}  # still there, writing
+    assert json.loads(proc.stdout.readline())["seq"] == 1  # still there, writing
     proc.stdin.close()
     assert proc.wait(10) == 0
     report = verify_files(s.path, key_of(s))
     assert report.ok and report.records == 1
 
 
-def _request(op: bytes, first: int, seqs: list[int]) -> bytes:
-    payload = b"\n".join(
-        b'{"seq":%d,"ts":"2026-01-01T00:00:00.000000Z","instance":"test-1","type":"event",'
-        b'"event":"x"' % n for n in seqs)
-    return op + struct.pack("!QI", first, len(payload)) + payload
+def _request(op: bytes, first: int, seqs: list[int], ring_end: int = 0) -> bytes:
+    payload = b"\n".join(_prefix(n) for n in seqs)
+    return op + struct.pack("!QIQ", first, len(payload), ring_end) + payload
 
 
-def test_handed_off_records_are_written_when_the_input_ends(settings: AuditSettings) -> None:
-    """What the proxy handed off (no commit asked, no answer) is written once the proxy is
-    gone: the basis of "every statement that returned has its intent" under fsync=batch."""
+def test_records_in_the_ring_are_written_when_the_input_ends(settings: AuditSettings) -> None:
+    """What the proxy put in the shared ring (no commit asked, no request at all) is written
+    once the proxy is gone: the basis of "every statement that returned has its intent"
+    under fsync=batch."""
     s = _process(settings)
-    proc = _child(s)
-    proc.stdin.write(_request(b"H", 1, [1, 2, 3]) + _request(b"H", 4, [4]))
+    ring = RingWriter(4096)
+    proc = _child(s, ring)
+    for n in (1, 2, 3, 4):
+        assert ring.put(_prefix(n))
     proc.stdin.close()  # the proxy died: no W ever comes
     assert proc.wait(10) == 0
+    ring.close()
     report = verify_files(s.path, key_of(s))
     assert report.ok and report.records == 4, report
 
 
+def test_the_ring_wraps_and_frees_what_the_writer_took(settings: AuditSettings) -> None:
+    """Records cross the ring's end many times; each W reports how far the writer read,
+    and only that space is reused."""
+    s = _process(settings)
+    ring = RingWriter(4096)
+    proc = _child(s, ring)
+    n = 0
+    for _ in range(30):
+        while ring.put(_prefix(n + 1)):
+            n += 1
+        assert ring.write_pos - ring.taken > 4096 - 200  # full: the next one did not fit
+        proc.stdin.write(_request(b"W", n + 1, [], ring.write_pos))
+        proc.stdin.flush()
+        reply = json.loads(proc.stdout.readline())
+        assert reply == {"ok": True, "seq": n, "taken": ring.write_pos}
+        ring.taken = reply["taken"]
+    proc.stdin.close()
+    assert proc.wait(10) == 0
+    ring.close()
+    report = verify_files(s.path, key_of(s))
+    assert report.ok and report.records == n > 30 * 4096 // 120, report
+    assert [json.loads(line)["seq"] for line in lines_of(s.path)] == list(range(1, n + 1))
+
+
 def test_records_are_taken_in_seq_order_only(settings: AuditSettings) -> None:
     s = _process(settings)
-    proc = _child(s)
-    proc.stdin.write(_request(b"H", 1, [1]) + _request(b"H", 3, [3]))  # 2 never came: 3 ignored
-    proc.stdin.write(_request(b"W", 4, [4]))
+    ring = RingWriter(4096)
+    proc = _child(s, ring)
+    assert ring.put(_prefix(1))
+    proc.stdin.write(_request(b"W", 3, [3], ring.write_pos))  # 2 never came: 3 refused
     proc.stdin.flush()
     refused = json.loads(proc.stdout.readline())
     assert refused["ok"] is False and "missing" in refused["error"]
-    proc.stdin.write(_request(b"W", 1, [1, 2, 3, 4]))  # the proxy resends: 1 is skipped
+    assert refused["taken"] == ring.write_pos  # record 1 was taken from the ring all the same
+    assert ring.put(_prefix(5))  # a gap in the ring: dropped, the proxy resends it
+    proc.stdin.write(_request(b"W", 1, [1, 2, 3, 4], ring.write_pos))  # 1 is skipped
     proc.stdin.flush()
-    assert json.loads(proc.stdout.readline()) == {"ok": True, "seq": 4}
+    assert json.loads(proc.stdout.readline())["seq"] == 4
     proc.stdin.close()
     assert proc.wait(10) == 0
+    ring.close()
     report = verify_files(s.path, key_of(s))
     assert report.ok and report.records == 4, report
     assert [json.loads(line)["seq"] for line in lines_of(s.path)] == [1, 2, 3, 4]
 
 
-def test_the_log_hands_records_off_when_asked_and_with_each_group_commit(
+def test_the_log_puts_records_in_the_ring_as_they_are_queued(
         settings: AuditSettings) -> None:
     s = _process(settings)
 
@@ -195,9 +276,8 @@ def test_the_log_hands_records_off_when_asked_and_with_each_group_commit(
         await log.start()
         sink = log._sink  # type: ignore[attr-defined]
         rid = log.intent(intent_fields(n=1))
-        assert sink.sent_seq < rid  # queued, not yet handed off ...
-        log.handoff()              # ... until its answer is about to go to the client
-        assert sink.sent_seq == rid and not log._unsent  # type: ignore[attr-defined]
+        assert sink.sent_seq == rid and not log._unsent  # in the shared ring at once
+        assert sink._ring.write_pos > sink._ring.taken
         rid2 = log.complete(rid, {"rows": 1, "sqlstate": "00000"})
         await log.flush(10)        # or the next group commit takes it
         assert sink.sent_seq == rid2 and log.last_seq == rid2
@@ -207,29 +287,34 @@ def test_the_log_hands_records_off_when_asked_and_with_each_group_commit(
     assert verify_files(s.path, key_of(s)).ok
 
 
-def test_a_stopped_writer_fills_its_pipe_then_catches_up(settings: AuditSettings) -> None:
-    """The writer process is stopped (a stalled disk, a debugger): hand-offs fill the pipe,
+def test_a_stopped_writer_fills_its_ring_then_catches_up(settings: AuditSettings) -> None:
+    """The writer process is stopped (a stalled disk, a debugger): records fill its ring,
     are counted as stalled and wait in the proxy; once it runs again everything is written."""
     s = _process(settings)
     big = "x" * 4000
 
     async def main() -> int:
         log = AuditLog(s)
+        log._sink.ring_size = 1 << 16  # type: ignore[attr-defined]
         await log.start()
         sink = log._sink  # type: ignore[attr-defined]
         os.kill(sink._proc.pid, signal.SIGSTOP)
         try:
             n = 0
             while log.handoffs_stalled == 0:
-                assert n < 2000, "the pipe never filled"
+                assert n < 2000, "the ring never filled"
                 log.intent(intent_fields(n=n, note=big))
                 log.handoff()
                 n += 1
+            assert log._unsent  # type: ignore[attr-defined]
+            for i in range(n, n + 20):  # later records queue behind, in order
+                log.intent(intent_fields(n=i, note=big))
         finally:
             os.kill(sink._proc.pid, signal.SIGCONT)
         await log.flush(30)
+        assert not log._unsent  # type: ignore[attr-defined]
         await log.close()
-        return n
+        return n + 20
 
     n = run(main())
     report = verify_files(s.path, key_of(s))
