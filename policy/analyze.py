@@ -144,6 +144,11 @@ class Analyzer:
         self.literal_dependent = False
         self.refresh_catalog = False
         self.unknown: list[str] = []
+        # for the columns a statement touches (policy.touched): relations by the names that
+        # refer to them (alias or name), and the target columns of writes
+        self.by_ref: dict[str, Relation] = {}
+        self.relations: list[Relation] = []
+        self.written: list[tuple[Relation, list[str] | None]] = []
         self.verify_failures: list[str] = []
         self.prepared: str | None = None
         # per statement
@@ -331,6 +336,9 @@ class Analyzer:
         rel, others = self.catalog.resolve(schema, name, self.search_path, self.user)
         if rel is not None:
             self.add_table(rel)
+            self.relations.append(rel)
+            alias = (rv.get("alias") or {}).get("aliasname")
+            self.by_ref[alias or name] = rel
             if rel.oid in self.plan.denied and self.masked_user:
                 self.deny("denied_relation", name=rel.qualified)
             if others and schema is None and self.masked_user and not self.verify:
@@ -653,6 +661,12 @@ class Analyzer:
         rel, is_cte = self.resolve(rv, scope)
         if rel is None:
             return
+        if what == "INSERT":
+            cols = [rt.get("ResTarget", {}).get("name") for rt in (stmt or {}).get("cols") or ()]
+            self.written.append((rel, [c for c in cols if c] or None))
+        elif what == "UPDATE":
+            cols = [rt.get("ResTarget", {}).get("name") for rt in (stmt or {}).get("targetList") or ()]
+            self.written.append((rel, [c for c in cols if c]))
         masks = self.uncovered(rel)
         if not masks:
             return

@@ -29,6 +29,7 @@ from pglast import parser as pg_parser
 
 from . import actions, gate
 from .analyze import Analyzer
+from .touched import columns_touched
 from .catalog import Catalog
 from .errors import render
 from .fingerprint import fingerprint, normalize
@@ -46,6 +47,7 @@ class Decision:
     kind: str = "other"
     kinds: tuple[str, ...] = ()
     tables: tuple[str, ...] = ()
+    columns: tuple[str, ...] = ()  # schema.table.column the statement may read or write
     masked: tuple[tuple[str, str, str], ...] = ()
     grants_used: tuple[str, ...] = ()
     fingerprint: str = ""
@@ -137,6 +139,7 @@ def decide(
         kind=(kinds[0] if len(set(kinds)) == 1 else "multi") if kinds else "empty",
         kinds=kinds,
         tables=tuple(an.tables),
+        columns=columns_touched(stmts, an.by_ref, an.relations, an.written),
         masked=tuple(an.masked),
         grants_used=tuple(an.grants_used),
         session_effects=an.session_effects,

@@ -162,8 +162,8 @@ _FRAGMENTS: dict[tuple, bytes] = {}
 
 def statement_fragment(info) -> bytes:
     """The audit JSON members of a statement decision, cached by what they contain."""
-    key = (info.fingerprint, info.action, info.kind, info.tables, info.masked, info.grants_used,
-           info.reason)
+    key = (info.fingerprint, info.action, info.kind, info.tables, getattr(info, "columns", ()), info.masked,
+           info.grants_used, info.reason)
     frag = _FRAGMENTS.get(key)
     if frag is None:
         if len(_FRAGMENTS) > 4096:
@@ -171,6 +171,7 @@ def statement_fragment(info) -> bytes:
         frag = _FRAGMENTS[key] = json.dumps({
             "fingerprint": info.fingerprint, "normalized": info.normalized,
             "decision": info.action, "kind": info.kind, "tables": list(info.tables),
+            "columns": list(getattr(info, "columns", ())),
             "masked": [f"{t}.{c}" for t, c, _ in info.masked],
             "grants": list(info.grants_used), "reason": info.reason,
         }, ensure_ascii=False, separators=(",", ":"))[1:-1].encode()

@@ -230,10 +230,13 @@ def test_masked_and_exempt_statements_record_tables_and_decisions(
     assert masked["user"] == "trust_user" and masked["decision"] == "rewrite"
     assert masked["tables"] == [f"public.{masked_table}"]
     assert masked["masked"] == [f"public.{masked_table}.email"]
+    assert masked["columns"] == [f"public.{masked_table}.email", f"public.{masked_table}.id"]
     exempt = next(r for t, r in intents.items() if "c_exempt" in t)
     assert exempt["user"] == "postgres" and exempt["decision"] == "forward"
     assert exempt["masked"] == []
     assert exempt["tables"] == [f"public.{masked_table}"], exempt
+    # the columns touched: read, and filtered on
+    assert exempt["columns"] == [f"public.{masked_table}.email", f"public.{masked_table}.id"]
     assert b"ann@example.com" not in (work / "audit.jsonl").read_bytes()
 
 
