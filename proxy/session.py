@@ -116,6 +116,7 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self._holding = False  # client bytes wait in _backlog while a statement is held
         self._bind_plans: dict[bytes, bind_plans.BindPlan] = {}  # see proxy.bind_plans
         self._forwarded = False  # the statements being followed are already upstream
+        self._deferred_n = 0  # statements whose audit intent waits for their outcome
         self._backlog = b""
 
     @property
@@ -666,6 +667,8 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             if out is None:
                 out = []
             last = upto  # the rest of a withheld result is dropped
+        if self._deferred_n:
+            self._flush_deferred()  # answers of statements still running are about to go
         audit = self.server.audit
         if audit is not None and audit._unsent:
             audit.handoff()  # the intents leave this process before their answers do
@@ -678,16 +681,12 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             self._became_idle()
 
     def _relay_then_follow(self, buf: bytes, upto: int, events: list) -> None:
-        """No guard, nothing to replace: the answers go to the client first (after the
-        audit intents of their statements have left this process), then the tracker
-        matches them to their statements. (The loop mirrors the tracking part of the
+        """No guard, nothing to replace: the tracker matches the answers to their
+        statements (queuing their records: one per statement it completes), then the
+        answers go to the client — after the intents of statements still running, whose
+        answers may be part of these bytes. (The loop mirrors the tracking part of the
         general loop in :meth:`_relay` on purpose — no call per message on the hot path;
         tests/proxy/test_forward_first.py checks that both record the same.)"""
-        audit = self.server.audit
-        if audit is not None and audit._unsent:
-            audit.handoff()
-        if upto:
-            self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
         tracker = self.tracker
         for mtype, start, stop in events:
             if mtype == _Z:
@@ -711,6 +710,13 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                     self.upstream_fatal = True
                 if tracker is not None:
                     tracker.error(fields.get("C", "XX000"))
+        if self._deferred_n:
+            self._flush_deferred()
+        audit = self.server.audit
+        if audit is not None and audit._unsent:
+            audit.handoff()
+        if upto:
+            self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
         if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
             self._became_idle()
 

@@ -115,9 +115,17 @@ class RecordsMixin:
                                                        ensure_ascii=False).encode()
                 else:
                     frag += b',"sql":' + json.dumps(raw, ensure_ascii=False).encode()
-            rid = (audit.intent_after_forward(frag) if self._forwarded
-                   else audit.intent_encoded(frag))
-            self._last_rid = rid
+            if self._forwarded:
+                # already upstream (fsync = "batch"): the intent waits here for the outcome,
+                # and both go as one "statement" record — unless an answer is about to reach
+                # the client first, or a group commit comes (see _flush_deferred)
+                rid = [frag, time.time()]
+                if not self._deferred_n:
+                    audit.defer(self)
+                self._deferred_n += 1
+            else:
+                rid = audit.intent_encoded(frag)
+                self._last_rid = rid
         counter = cached.get("_stmt_counter")
         if counter is None:
             counter = cached["_stmt_counter"] = self.server.metrics.statement(
@@ -149,12 +157,28 @@ class RecordsMixin:
         elapsed = time.perf_counter() - running.started
         self.server.metrics.duration.observe(elapsed)
         audit = self.server.audit
-        if audit is not None and running.ref:
+        ref = running.ref
+        if audit is not None and ref:
             sqlstate = running.sqlstate or ("00000" if executed else "skipped")
-            audit.complete_encoded(running.ref, b'"rows":%d,"duration_ms":%.3f,"sqlstate":"%s",'
-                                   b'"session":"%s"' % (running.rows if executed else 0,
-                                                       elapsed * 1000, sqlstate.encode(),
-                                                       self.session_id.encode()))
+            outcome = b'"rows":%d,"duration_ms":%.3f,"sqlstate":"%s"' % (
+                running.rows if executed else 0, elapsed * 1000, sqlstate.encode())
+            if type(ref) is list:  # a deferred intent: one record for both
+                self._deferred_n -= 1
+                audit.statement_encoded(ref[0], ref[1], outcome)
+            else:
+                audit.complete_encoded(ref, outcome + b',"session":"%s"' % self.session_id.encode())
+
+    def _flush_deferred(self) -> None:
+        """Queue the intents still deferred (see ``_begin``) as intent records: their
+        statements' answers are about to reach the client, or a group commit is due."""
+        n, self._deferred_n = self._deferred_n, 0
+        tracker = self.tracker
+        if not n or tracker is None:
+            return
+        audit = self.server.audit
+        for item in tracker.queue:
+            if item is not None and type(item.ref) is list:
+                item.ref = audit.intent_deferred(item.ref[0], item.ref[1])  # type: ignore[union-attr]
 
 
 _FRAGMENTS: dict[tuple, bytes] = {}

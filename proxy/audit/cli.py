@@ -167,7 +167,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     s.add_argument("--decision", choices=["forward", "rewrite", "deny", "hold"])
     s.add_argument("--session")
     s.add_argument("--fingerprint")
-    s.add_argument("--type", choices=["intent", "event"])
+    s.add_argument("--type", choices=["statement", "intent", "event"],
+                   help="statement records (intent is the same), or events")
     s.add_argument("--text", help="substring of the normalized statement")
     s.add_argument("--json", action="store_true", help="raw JSON lines")
     s.set_defaults(func=_run(_search))

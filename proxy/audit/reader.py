@@ -92,6 +92,13 @@ def _list(v: Any) -> str:
     return ",".join(str(x) for x in v) if isinstance(v, list) else str(v)
 
 
+def _outcome(rec: dict[str, Any]) -> str:
+    parts = [f"rows={rec['rows']}" if "rows" in rec else "",
+             f"{rec['duration_ms']}ms" if "duration_ms" in rec else "",
+             f"sqlstate={rec['sqlstate']}" if rec.get("sqlstate") else ""]
+    return " ".join(p for p in parts if p)
+
+
 def format_record(rec: dict[str, Any] | None, raw: bytes = b"", *, color: bool = False) -> str:
     """One readable line for a record."""
     if rec is None:
@@ -100,7 +107,7 @@ def format_record(rec: dict[str, Any] | None, raw: bytes = b"", *, color: bool =
     seq = f"#{rec.get('seq')}"
     kind = rec.get("type")
     hide = {"seq", "ts", "type", "prev", "mac", "instance", "event", "rid"}
-    if kind == "intent":
+    if kind in ("intent", "statement"):
         who = f"{rec.get('user', '?')}@{rec.get('database', '?')}"
         decision = str(rec.get("decision", "?"))
         if color and decision == "deny":
@@ -111,13 +118,13 @@ def format_record(rec: dict[str, Any] | None, raw: bytes = b"", *, color: bool =
                   if rec.get(k)]
         extra = f"  [{'; '.join(extras)}]" if extras else ""
         sess = f"s={rec.get('session')}" if rec.get("session") else ""
-        return (f"{ts}  {seq:>7} intent   {who:<22} {sess:<10} {decision:<8} "
+        line = (f"{ts}  {seq:>7} {kind:<10}{who:<22} {sess:<10} {decision:<8} "
                 f"{rec.get('kind') or '':<8} {rec.get('normalized', '')}{extra}")
+        if kind == "statement":  # the outcome is in the same record
+            line += "  -> " + _outcome(rec)
+        return line
     if kind == "complete":
-        parts = [f"rows={rec['rows']}" if "rows" in rec else "",
-                 f"{rec['duration_ms']}ms" if "duration_ms" in rec else "",
-                 f"sqlstate={rec['sqlstate']}" if rec.get("sqlstate") else "",
-                 f"decision={rec['decision']}" if rec.get("decision") else ""]
+        parts = [_outcome(rec), f"decision={rec['decision']}" if rec.get("decision") else ""]
         line = f"{ts}  {seq:>7} done #{rec.get('rid')}  " + " ".join(p for p in parts if p)
         return f"{_DIM}{line}{_RESET}" if color else line
     fields = " ".join(f"{k}={_list(v)}" for k, v in rec.items() if k not in hide)
@@ -138,7 +145,7 @@ class Filter:
     decision: str | None = None
     session: str | None = None
     fingerprint: str | None = None
-    type: str | None = None          # intent | event
+    type: str | None = None          # statement (intent and statement records) | event
     text: str | None = None          # substring of the normalized text
 
     def matches(self, rec: dict[str, Any]) -> bool:
@@ -146,8 +153,12 @@ class Filter:
             t = record_time(rec)
             if t is None or (self.since and t < self.since) or (self.until and t > self.until):
                 return False
-        if self.type and rec.get("type") != self.type:
-            return False
+        if self.type:
+            kind = rec.get("type")
+            if kind == "statement":
+                kind = "intent"  # an intent with its outcome in the same record
+            if kind != ("intent" if self.type == "statement" else self.type):
+                return False
         if self.user and rec.get("user") != self.user:
             return False
         if self.decision and rec.get("decision") != self.decision:
@@ -167,7 +178,8 @@ class Filter:
 
 
 def search(path: str | Path, flt: Filter) -> Iterator[tuple[dict[str, Any], bytes]]:
-    """Matching records, and the completions of matching intents, in chain order."""
+    """Matching records, and the completions of matching intents, in chain order (a
+    ``statement`` record carries its outcome: nothing follows it)."""
     matched: set[int] = set()
     for _, _, raw, rec in iter_records(path):
         if rec is None:

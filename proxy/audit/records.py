@@ -15,8 +15,13 @@ and ``prev``; without the key nobody can re-chain. Truncation is covered by the 
 (see :mod:`proxy.audit.sinks.file`).
 
 Record types: ``intent`` (a statement about to run; its ``seq`` is the ``rid``),
-``complete`` (its outcome, ``rid`` pointing at the intent) and ``event`` (``event`` names
-it: ``start``, ``stop``, ``grant.approved``…). Statement data is minimized: the caller
+``complete`` (its outcome, ``rid`` pointing at the intent), ``statement`` (both in one
+record: the intent's members, ``ts`` when it was sent, then ``rows``, ``duration_ms`` and
+``sqlstate``) and ``event`` (``event`` names it: ``start``, ``stop``, ``grant.approved``…).
+With ``fsync = "batch"``, a statement forwarded first and answered before the next group
+commit is one ``statement`` record; one still running at a commit (or whose answer starts
+to reach the client before it ends) gets an ``intent`` then and a ``complete`` when it ends.
+With ``fsync = "always"`` every statement has an ``intent``, durable before it is forwarded. Statement data is minimized: the caller
 passes normalized SQL; fields that could carry values (``sql``, ``params``…) are removed
 unless ``include_literals`` is set.
 """
@@ -32,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 GENESIS = "0" * 64
-TYPES = ("intent", "complete", "event")
+TYPES = ("intent", "complete", "statement", "event")
 # Keys the log sets itself; a caller may not pass them.
 RESERVED = frozenset({"seq", "ts", "instance", "type", "prev", "mac", "v"})
 # Keys that may carry literal or result values: dropped unless include_literals.

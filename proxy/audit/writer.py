@@ -85,6 +85,7 @@ class AuditLog:
         self._hands_off = callable(getattr(self._sink, "put", None))
         self._unsent: list[bytes] = []  # prefixes queued that the sink could not take yet
         self._unsent_first = 0  # the seq of _unsent[0]
+        self._deferring: set[Any] = set()  # sessions holding intents back (see defer)
         # the next seq to give out, and the chain's tip (hash of the last *written* line,
         # used when this process seals; a sealing sink keeps its own)
         self._next_seq = 1
@@ -191,7 +192,9 @@ class AuditLog:
                                "sink": self._sink.name, "fsync": self.settings.fsync})
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Wait until everything enqueued so far is durable; raise if the sink is failing."""
+        """Wait until everything enqueued so far is durable, deferred intents included;
+        raise if the sink is failing."""
+        self._take_deferred()
         if self._next_seq - 1 > self._durable_seq:
             await asyncio.wait_for(self._wait(self._next_seq - 1, fail=True), timeout)
 
@@ -201,6 +204,7 @@ class AuditLog:
         Close the sessions first: from here on new records are refused (or dropped)."""
         if self._closing:
             return
+        self._take_deferred()
         if self.healthy:
             self._append("event", {"event": "stop"})
         self._closing = True
@@ -280,11 +284,45 @@ class AuditLog:
             return self._push(b"complete", fragment)
         return self._enqueue_encoded(b"complete", fragment)
 
-    def _push(self, type_: bytes, fragment: bytes) -> int:
+    def defer(self, holder: Any) -> None:
+        """``holder`` (a session) keeps intents back to merge them with their outcomes
+        (see :meth:`statement_encoded`): the next group commit calls its
+        ``_flush_deferred``, so a statement still running then has its intent written."""
+        self._deferring.add(holder)
+        if not self._woken:
+            self._woken = True
+            self._wake.set()
+
+    def _take_deferred(self) -> None:
+        if self._deferring:
+            holders, self._deferring = self._deferring, set()
+            for holder in holders:
+                holder._flush_deferred()
+
+    def intent_deferred(self, fragment: bytes, ts: float) -> int:
+        """A deferred intent (of a statement already forwarded) queued on its own, with
+        the time it was sent: its outcome will follow as a ``complete`` record."""
+        if not self._opened or self._closing:
+            self.dropped += 1
+            self._unreported_drops += 1
+            return 0
+        return self._push(b"intent", fragment, ts)
+
+    def statement_encoded(self, fragment: bytes, ts: float, outcome: bytes) -> int:
+        """One ``statement`` record: a deferred intent's members (``ts`` = when it was
+        sent) and its outcome's, for a statement that ended before its intent had to be
+        queued alone. Never raises (the statement has run)."""
+        fragment = b"%s,%s" % (fragment, outcome)
+        if (self._opened and not self._closing and not self._unreported_drops
+                and len(self._queue) < self.settings.max_pending):
+            return self._push(b"statement", fragment, ts)
+        return self._enqueue_encoded(b"statement", fragment)
+
+    def _push(self, type_: bytes, fragment: bytes, ts: float | None = None) -> int:
         seq = self._next_seq
         self._next_seq = seq + 1
         prefix = b'{"seq":%d,"ts":"%s","instance":%s,"type":"%s",%s' % (
-            seq, records.utc_timestamp().encode(), self._instance_json, type_, fragment)
+            seq, records.utc_timestamp(ts).encode(), self._instance_json, type_, fragment)
         self._queue.append((seq, prefix, time.monotonic()))
         if self._hands_off and (self._unsent or not self._sink.put(seq, prefix)):  # type: ignore[attr-defined]
             self._add_unsent(seq, prefix)
@@ -406,7 +444,7 @@ class AuditLog:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
-            if not self._queue:
+            if not self._queue and not self._deferring:
                 if self._closing:
                     return
                 self._wake.clear()
@@ -418,6 +456,9 @@ class AuditLog:
                 # group commit: let a few milliseconds of records gather, so one write and
                 # one fsync serve many statements instead of one or two
                 await asyncio.sleep(self._batch_delay)
+            self._take_deferred()  # statements still running: their intents go now
+            if not self._queue:
+                continue
             batch = [item[1] for item in itertools.islice(self._queue, MAX_BATCH_RECORDS)]
             if sum(map(len, batch)) > MAX_BATCH_BYTES:  # rare: huge records (include_literals)
                 nbytes, keep = 0, 0

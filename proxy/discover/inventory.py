@@ -17,11 +17,11 @@ audit writer evolves separately; what it reads:
 event name          ``event`` (pgveil: ``{"type": "event", "event": "grant.approved", …}``),
                     else ``kind``/``type``. ``grant.*`` → a grant event; ``grant.used`` counts
                     as a use of its grant. Anything else with ``columns``/``tables`` (pgveil:
-                    ``type = "intent"``) is a statement.
+                    ``type = "intent"`` or ``"statement"``) is a statement.
 grant id            ``grant`` (a string, or an object with ``id``), ``grant_id`` or ``id``
 grant subject       ``subject``, ``user``, ``requester`` or ``grantee``
 outcome             a ``complete`` record whose ``rid`` names an intent's ``seq`` (same
-                    ``instance``): a ``sqlstate`` other than ``00000`` or a ``deny`` decision
+                    ``instance``), or the record itself (pgveil's ``statement`` records): a ``sqlstate`` other than ``00000`` or a ``deny`` decision
                     means the statement read nothing; a ``hold`` intent counts only once a
                     completion says ``forward``/``rewrite``
 ``user``            also ``username``, ``role``
@@ -225,11 +225,18 @@ def _outcomes(records: Iterable[Mapping[str, Any]]) -> dict[tuple[Any, Any], str
     """``(instance, intent seq)`` → ``"ran"`` or ``"failed"``, from completion records."""
     out: dict[tuple[Any, Any], str] = {}
     for rec in records:
-        if rec.get("type") != "complete" or rec.get("rid") is None:
+        kind = rec.get("type")
+        if kind == "statement":  # its own outcome
+            ref = rec.get("seq")
+        elif kind == "complete":
+            ref = rec.get("rid")
+        else:
+            continue
+        if ref is None:
             continue
         sqlstate = rec.get("sqlstate")
         failed = (sqlstate is not None and sqlstate != "00000") or _decision(rec).startswith("deny")
-        out[(rec.get("instance"), rec.get("rid"))] = "failed" if failed else "ran"
+        out[(rec.get("instance"), ref)] = "failed" if failed else "ran"
     return out
 
 

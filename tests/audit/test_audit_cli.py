@@ -147,3 +147,34 @@ async def _write(settings: AuditSettings, pairs: int) -> None:
         if i % 5 == 0:
             await log.flush()  # several batches, so rotation happens while following
     await log.close()
+
+
+def test_statement_records_read_like_an_intent_with_its_outcome(settings: AuditSettings,
+                                                                capsys) -> None:
+    """A statement answered before its group commit is one "statement" record: tail and
+    search show it with its outcome, --type statement finds both forms."""
+    import time
+
+    async def main() -> None:
+        log = AuditLog(settings)
+        await log.start()
+        frag = json.dumps(intent_fields(session="s9", user="carol", decision="forward",
+                                        tables=["public.orders"], n=1),
+                          separators=(",", ":"))[1:-1].encode()
+        log.statement_encoded(frag, time.time(), b'"rows":7,"duration_ms":0.25,"sqlstate":"00000"')
+        rid = log.intent(intent_fields(session="s9", user="carol", decision="deny",
+                                       tables=["public.customers"], n=2))
+        log.complete(rid, {"rows": 0, "sqlstate": "42501"})
+        await log.close()
+
+    run(main())
+    assert pgveil(["audit", "search", settings.path, "--user", "carol", "--table", "orders"]) == 0
+    captured = capsys.readouterr()
+    (line,) = captured.out.splitlines()
+    assert " statement " in line and "carol@" in line and "-> rows=7 0.25ms sqlstate=00000" in line
+    assert "1 matching record(s)" in captured.err
+    assert pgveil(["audit", "search", settings.path, "--type", "statement", "--json"]) == 0
+    found = [json.loads(x)["type"] for x in capsys.readouterr().out.splitlines()]
+    assert found == ["statement", "intent", "complete"]
+    assert pgveil(["audit", "search", settings.path, "--type", "event", "--json"]) == 0
+    assert [json.loads(x)["event"] for x in capsys.readouterr().out.splitlines()] == ["start", "stop"]

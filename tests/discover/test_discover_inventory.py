@@ -173,3 +173,35 @@ def test_console_progress_live_and_plain() -> None:
         console.print(summary_table([finding]))
         text = buf.getvalue()
         assert "public.customers" in text and "***-**-1234" in text and "1 sensitive" in text
+
+
+def test_reads_statement_records_with_their_own_outcome(tmp_path: Path) -> None:
+    """pgveil writes a statement answered before its group commit as one "statement"
+    record (intent and outcome together): a failed one read nothing."""
+    import asyncio
+    import time
+
+    from proxy.audit import AuditLog, AuditSettings
+
+    settings = AuditSettings(path=str(tmp_path / "audit.jsonl"),
+                             key_file=str(tmp_path / "audit.key"), instance="i-1")
+
+    def members(user: str) -> bytes:
+        return json.dumps({"session": "s", "user": user, "database": "shop",
+                           "normalized": "select ssn from customers", "decision": "forward",
+                           "kind": "select", "tables": ["public.customers"],
+                           "columns": ["public.customers.ssn"], "masked": [], "grants": []},
+                          separators=(",", ":"))[1:-1].encode()
+
+    async def main() -> None:
+        log = AuditLog(settings)
+        await log.start()
+        log.statement_encoded(members("dave"), time.time(),
+                              b'"rows":1,"duration_ms":0.5,"sqlstate":"00000"')
+        log.statement_encoded(members("erin"), time.time(),
+                              b'"rows":0,"duration_ms":0.5,"sqlstate":"42501"')
+        await log.close()
+
+    asyncio.run(main())
+    inv = load_inventory(settings.path, SENSITIVE)
+    assert dict(inv.columns["public.customers.ssn"].users) == {"dave": 1}

@@ -56,6 +56,25 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+STATEMENT_TYPES = ("intent", "statement")  # the records that stand for a statement
+
+
+def statements(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One dict per statement, in log order: its ``intent`` record with the members of its
+    ``complete`` record added (outcome members: ``rows``, ``duration_ms``, ``sqlstate``),
+    or its ``statement`` record (both in one)."""
+    done = {r["rid"]: r for r in records if r["type"] == "complete"}
+    out = []
+    for r in records:
+        if r["type"] == "statement":
+            out.append(r)
+        elif r["type"] == "intent":
+            c = done.get(r["seq"])
+            out.append({**r, **({k: c[k] for k in ("rows", "duration_ms", "sqlstate") if k in c}
+                                if c else {})})
+    return out
+
+
 def run_verify(path: Path, key: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     """``pgveil audit verify`` exactly as an operator runs it (a separate process)."""
     env = dict(os.environ)

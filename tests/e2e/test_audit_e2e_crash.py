@@ -93,7 +93,7 @@ def _load_then_kill(proxy) -> list[tuple[int, int]]:
 def _missing(log: Path, returned: list[tuple[int, int]]) -> list[tuple[int, int]]:
     seen = set()
     for r in read_log(log):
-        if r["type"] == "intent":
+        if r["type"] in ("intent", "statement"):  # a statement record holds its intent
             m = MARKER.search(r["normalized"])
             if m:
                 seen.add((int(m.group(1)), int(m.group(2))))

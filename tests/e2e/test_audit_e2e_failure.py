@@ -78,7 +78,7 @@ def test_full_disk_at_start_fails_closed_then_recovers(pgveil_factory, tmp_path:
         assert conn.execute("SELECT 1 AS after_recovery", prepare=False).fetchone() == (1,)
     assert proxy.stop() == 0, proxy.output()
     records = read_log(log)
-    texts = [r.get("normalized", "") for r in records if r["type"] == "intent"]
+    texts = [r.get("normalized", "") for r in records if r["type"] in ("intent", "statement")]
     assert any("after_recovery" in t for t in texts)
     assert not any("refused" in t for t in texts), "a refused statement has no intent"
     result = run_verify(log, work / "audit.key")
@@ -129,7 +129,7 @@ def test_continue_mode_goes_on_and_counts_dropped_records(pgveil_factory, tmp_pa
     records = read_log(log)
     drops = [r for r in records if r.get("event") == "records_dropped"]
     assert len(drops) == 1 and drops[0]["count"] == dropped
-    texts = [r["normalized"] for r in records if r["type"] == "intent"]
+    texts = [r["normalized"] for r in records if r["type"] in ("intent", "statement")]
     kept = sum("going_on" in t for t in texts)   # the intents that fit in the queue
     assert kept < n and dropped >= n - kept, (kept, dropped)
     result = run_verify(log, work / "audit.key")
@@ -159,7 +159,7 @@ def test_disk_full_at_runtime_fails_closed_and_recovers(pgveil_factory, tmp_path
         wait_until(lambda: _healthy(proxy) == 1, timeout=10, message="the audit log to recover")
         conn.execute("SELECT 1 AS after_recovery", prepare=False)
     assert proxy.stop() == 0, proxy.output()
-    texts = [r["normalized"] for r in read_log(log) if r["type"] == "intent"]
+    texts = [r["normalized"] for r in read_log(log) if r["type"] in ("intent", "statement")]
     for name in ("before_break", "hits_the_break", "after_recovery"):
         assert sum(name in t for t in texts) == 1, (name, texts)
     assert not any("refused_while_broken" in t for t in texts)

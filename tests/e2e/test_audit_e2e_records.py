@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from audit_fixtures import MARKER, audit_config, read_log, run_verify
+from audit_fixtures import MARKER, audit_config, read_log, run_verify, statements
 from helpers import unique_name
 
 SECRET_LITERAL = "secret-literal-8842"
@@ -113,9 +113,6 @@ def _check_log(records: list[dict], out: dict[int, list[Expected]]) -> None:
 
     intents = [r for r in records if r["type"] == "intent"]
     completes = [r for r in records if r["type"] == "complete"]
-    by_rid = defaultdict(list)
-    for c in completes:
-        by_rid[c["rid"]].append(c)
     seq_of = {r["seq"]: r for r in records}
 
     # every completion links to exactly one intent, after it, in the same session
@@ -124,14 +121,15 @@ def _check_log(records: list[dict], out: dict[int, list[Expected]]) -> None:
         assert intent is not None and intent["type"] == "intent", c
         assert c["seq"] > intent["seq"]
         assert c["session"] == intent["session"]
-    # ... and every intent has exactly one completion
+    # ... and every intent has exactly one completion; a "statement" record is both
     counts = Counter(c["rid"] for c in completes)
     assert all(counts[i["seq"]] == 1 for i in intents), [i for i in intents if counts[i["seq"]] != 1][:3]
     assert len(completes) == len(intents)
+    stmts = statements(records)
 
     session_ids = set()
     for i, expected in out.items():
-        mine = [r for r in intents if r.get("application_name") == f"s{i}"]
+        mine = [r for r in stmts if r.get("application_name") == f"s{i}"]
         assert len({r["session"] for r in mine}) == 1, "one session id per connection"
         session_ids.add(mine[0]["session"])
         markers = []
@@ -146,14 +144,13 @@ def _check_log(records: list[dict], out: dict[int, list[Expected]]) -> None:
             assert r["user"] == "postgres" and r["database"] == "postgres"
             assert r["decision"] == "forward"
             assert r["fingerprint"] and r["client"].startswith("127.0.0.1:")
-            (done,) = by_rid[r["seq"]]
-            assert done["sqlstate"] == e.sqlstate, (e, done)
+            assert r["sqlstate"] == e.sqlstate, (e, r)
             if e.sqlstate == "00000":
-                assert done["rows"] == e.rows, (e, done)
-            assert done["duration_ms"] >= 0
+                assert r["rows"] == e.rows, (e, r)
+            assert r["duration_ms"] >= 0
     assert len(session_ids) == len(out)
     # nothing but these sessions' statements
-    assert len(intents) == sum(len(e) for e in out.values())
+    assert len(stmts) == sum(len(e) for e in out.values())
 
 
 def test_exactly_one_intent_and_completion_per_statement(pg, pgveil_factory, tmp_path: Path) -> None:
@@ -174,7 +171,7 @@ def test_exactly_one_intent_and_completion_per_statement(pg, pgveil_factory, tmp
     assert SECRET_PARAM.encode() not in raw
     assert not any("sql" in r or "params" in r for r in records)
     # the normalized text keeps identifiers, drops values
-    simple = next(r for r in records if r["type"] == "intent" and r["normalized"].endswith("as lit"))
+    simple = next(r for r in statements(records) if r["normalized"].endswith("as lit"))
     assert "?" in simple["normalized"]
 
     result = run_verify(log, work / "audit.key")
@@ -225,7 +222,7 @@ def test_masked_and_exempt_statements_record_tables_and_decisions(
                             [1]).fetchone() == ("ann@example.com",)
     assert proxy.stop() == 0
     records = read_log(work / "audit.jsonl")
-    intents = {r["normalized"]: r for r in records if r["type"] == "intent"}
+    intents = {r["normalized"]: r for r in statements(records)}
     masked = next(r for t, r in intents.items() if "c_masked" in t)
     assert masked["user"] == "trust_user" and masked["decision"] == "rewrite"
     assert masked["tables"] == [f"public.{masked_table}"]
@@ -272,8 +269,8 @@ def test_statements_sent_before_the_catalog_loads_wait_for_it_and_record_their_t
             for k in range(5):  # right after connect, as fast as the client can
                 conn.execute(f"SELECT id AS c_early_{k} FROM {table}", prepare=False)
         assert proxy.stop() == 0
-        mine = [r for r in read_log(work / "audit.jsonl")
-                if r["type"] == "intent" and "c_early_" in r["normalized"]]
+        mine = [r for r in statements(read_log(work / "audit.jsonl"))
+                if "c_early_" in r["normalized"]]
         assert len(mine) == 5
         assert [r["tables"] for r in mine] == [[f"public.{table}"]] * 5, mine
     finally:
@@ -298,8 +295,8 @@ def test_tables_follow_the_search_path_of_repeated_statements(pg, pgveil_factory
             for probe in itertools.count():
                 conn.execute(f"SELECT id AS c_probe_{probe} FROM {a}.things", prepare=False)
                 conn.execute("SELECT 1 AS c_flush", prepare=False)
-                if any(r["type"] == "intent" and "c_probe_" in r["normalized"] and r["tables"]
-                       for r in read_log(work / "audit.jsonl")):
+                if any("c_probe_" in r["normalized"] and r["tables"]
+                       for r in statements(read_log(work / "audit.jsonl"))):
                     break
                 assert time.monotonic() < deadline, "the catalog never loaded"
                 time.sleep(0.1)
@@ -308,8 +305,8 @@ def test_tables_follow_the_search_path_of_repeated_statements(pg, pgveil_factory
                 for i in range(4):
                     conn.execute(f"SELECT id FROM things WHERE id = {i}", prepare=False)
         assert proxy.stop() == 0, proxy.output()
-        intents = [r for r in read_log(work / "audit.jsonl")
-                   if r["type"] == "intent" and "from things" in r["normalized"]]
+        intents = [r for r in statements(read_log(work / "audit.jsonl"))
+                   if "from things" in r["normalized"]]
         assert [r["tables"] for r in intents] == (
             [[f"{a}.things"]] * 4 + [[f"{b}.things"]] * 4 + [[f"{a}.things"]] * 4)
     finally:

@@ -26,7 +26,7 @@ def produced_log(pg, tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("tamper-src")
     proxy = ProxyProcess(workdir=work, upstream_host=pg.host, upstream_port=pg.port,
                          passwords=pg.passwords, superuser=pg.superuser, name="pgveil-tamper",
-                         extra_config=audit_config(work))
+                         extra_config=audit_config(work, fsync="always"))
     proxy.start()
     try:
         with psycopg.connect(proxy.dsn("postgres"), autocommit=True) as conn:
@@ -36,7 +36,7 @@ def produced_log(pg, tmp_path_factory: pytest.TempPathFactory) -> Path:
         code = proxy.stop()
     assert code == 0, proxy.output()
     records = read_log(work / "audit.jsonl")
-    assert len(records) == 2 * STATEMENTS + 2  # start, intents+completions, stop
+    assert len(records) == 2 * STATEMENTS + 2  # start, intents+completions (fsync = always), stop
     assert run_verify(work / "audit.jsonl", work / "audit.key").returncode == 0
     return work
 

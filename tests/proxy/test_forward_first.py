@@ -113,24 +113,35 @@ def _run(chunks: list[bytes], *, forward_first: bool) -> tuple[list, list[dict],
             await log.close()
         finally:
             AuditLog.takes_forwarded = original
-        records = []
-        for line in sink.lines:
-            rec = json.loads(line)
+        raw = [json.loads(line) for line in sink.lines]
+        done = {r["rid"]: r for r in raw if r["type"] == "complete"}
+        records, types = [], [r["type"] for r in raw]
+        for rec in raw:
+            # per statement: an intent with its completion's outcome, or a statement record
+            if rec["type"] == "complete":
+                continue
+            if rec["type"] == "intent":
+                c = done[rec["seq"]]
+                rec = {**rec, **{k: c[k] for k in ("rows", "sqlstate") if k in c}}
+            rec = dict(rec, type="statement" if rec["type"] == "intent" else rec["type"])
             for key in ("seq", "ts", "prev", "mac", "duration_ms", "session", "rid", "pid",
                         "key_id", "client"):
                 rec.pop(key, None)
             records.append(rec)
-        return wire, records, used
+        return wire, records, used, types
     return asyncio.run(go())
 
 
-def _same(chunks: list[bytes]) -> tuple[list[dict], int]:
-    wire, records, used = _run(chunks, forward_first=True)
-    wire_full, records_full, used_full = _run(chunks, forward_first=False)
+def _same(chunks: list[bytes]) -> tuple[list[dict], int, list[str]]:
+    """Both ways send the same bytes and record the same statements; the full way as an
+    intent and a completion each, forwarding first mostly as one statement record each."""
+    wire, records, used, types = _run(chunks, forward_first=True)
+    wire_full, records_full, used_full, types_full = _run(chunks, forward_first=False)
     assert used_full == 0
     assert wire == wire_full
     assert records == records_full
-    return records, used
+    assert "statement" not in types_full and types_full.count("intent") == types_full.count("complete")
+    return records, used, types
 
 
 def _ext(sql: str) -> bytes:
@@ -140,11 +151,12 @@ def _ext(sql: str) -> bytes:
 def test_simple_queries_forward_first_with_the_same_records() -> None:
     chunks = [m.encode_query("SELECT 1"), m.encode_query("SELECT 1/0"),
               m.encode_query("SELECT 2; SELECT 3"), m.encode_query("SET search_path = public")]
-    records, used = _same(chunks)
+    records, used, types = _same(chunks)
     assert used == len(chunks)
-    intents = [r for r in records if r["type"] == "intent"]
-    assert len(intents) == 4 and [r["type"] for r in records].count("complete") == 4
-    assert any(r["type"] == "complete" and r["sqlstate"] == "22012" for r in records)
+    stmts = [r for r in records if r["type"] == "statement"]
+    assert len(stmts) == 4 and any(r["sqlstate"] == "22012" for r in stmts)
+    # answered before any group commit: one record per statement
+    assert types.count("statement") == 4 and "intent" not in types
 
 
 def test_extended_and_prepared_batches_forward_first_with_the_same_records() -> None:
@@ -152,15 +164,110 @@ def test_extended_and_prepared_batches_forward_first_with_the_same_records() -> 
     runs = [m.encode_bind_text("", "st", [str(i)]) + _TAIL for i in range(5)]
     chunks = [_ext("SELECT 1"), _ext("SELECT 1/0"), prepare, *runs,
               b"C\x00\x00\x00\x08Sst\x00" + _SYNC, _ext("SELECT 4")]
-    records, used = _same(chunks)
+    records, used, types = _same(chunks)
     assert used == len(chunks) - 4  # the prepared runs after the first: bind-plan replays
-    assert [r["type"] for r in records].count("intent") == 8
+    assert [r["type"] for r in records].count("statement") == 8
+    assert types.count("statement") == 8
 
 
 def test_pipelined_and_split_writes_forward_first_with_the_same_records() -> None:
     two = _ext("SELECT 5") + _ext("SELECT 6")
     q = m.encode_query("SELECT 7")
     chunks = [two, q[:3], q[3:], _ext("SELECT 1/0") + _ext("SELECT 8")]
-    records, _ = _same(chunks)
-    skipped = [r for r in records if r["type"] == "complete" and r["sqlstate"] == "skipped"]
+    records, _, types = _same(chunks)
+    skipped = [r for r in records if r.get("sqlstate") == "skipped"]
     assert len(skipped) == 0 or all(r["rows"] == 0 for r in skipped)
+
+
+def _session(log: AuditLog) -> Session:
+    srv = ProxyServer(parse_settings(""))
+    srv.audit = log
+    s = Session(srv)
+    s.client, s.upstream = FakeTransport(), FakeTransport()
+    s.startup = m.StartupMessage(196608, {"user": "postgres", "database": "db"})
+    s.parameters = {"search_path": '"$user", public', "standard_conforming_strings": "on"}
+    s.state = READY
+    s.tracker = StatementTracker(s._begin, s._end, rows=True)
+    s._backend = RelayScanner(TRACKED_INTERESTING, 1 << 20)
+    return s
+
+
+def _types(lines: list[bytes]) -> list[tuple[str, str]]:
+    out = []
+    for line in lines:
+        rec = json.loads(line)
+        out.append((rec["type"], rec.get("normalized", rec.get("event", ""))))
+    return out
+
+
+def test_an_answer_that_starts_before_its_statement_ends_follows_its_intent() -> None:
+    """The first part of a result reaches the client while the statement still runs: its
+    intent is queued (so in the writer's hands) before those bytes are written, and its
+    outcome follows as a completion."""
+    async def go():
+        sink = _Memory()
+        log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
+        await log.start()
+        s = _session(log)
+        queued_at_write = []
+        write = s.client.write
+        s.client.write = lambda data: (queued_at_write.append(
+            [json.loads(p + b"}")["type"] for _, p, _ in log._queue]), write(data))[1]
+        s.data_received(m.encode_query("SELECT n FROM big"))
+        assert s._deferred_n == 1 and not [p for _, p, _ in log._queue if b'"intent"' in p]
+        s.upstream_data(m.row_description(["n"]) + m.data_row(["1"]))  # part of the result
+        assert queued_at_write[-1].count("intent") == 1  # queued before the write
+        s.upstream_data(m.data_row(["2"]) + m.command_complete("SELECT 2") + _Z)
+        await log.close()
+        return sink.lines
+    lines = asyncio.run(go())
+    types = _types(lines)
+    assert [t for t, _ in types] == ["event", "intent", "complete", "event"]
+    assert json.loads(lines[2])["rows"] == 2
+
+
+def test_a_statement_still_running_at_a_group_commit_gets_its_intent_written() -> None:
+    """A long statement: the group commit writes its intent while it runs (the auditor sees
+    it in flight); the completion comes when it ends."""
+    async def go():
+        sink = _Memory()
+        log = AuditLog(AuditSettings(instance="t", fsync="batch"), sink=sink, key=b"k" * 32)
+        await log.start()
+        await log.flush(5)
+        s = _session(log)
+        s.data_received(m.encode_query("SELECT pg_sleep(60)"))
+        assert s.pending == 1 and s._deferred_n == 1
+        for _ in range(500):  # the writer's next group commit, without any other record
+            if any(b'"type":"intent"' in line for line in sink.lines):
+                break
+            await asyncio.sleep(0.01)
+        in_flight = _types(sink.lines)
+        s.upstream_data(_ROWS + _Z)
+        await log.close()
+        return in_flight, sink.lines
+    in_flight, lines = asyncio.run(go())
+    assert in_flight[-1] == ("intent", "select pg_sleep ( ? )")
+    assert [t for t, _ in _types(lines)] == ["event", "intent", "complete", "event"]
+    intent, done = json.loads(lines[1]), json.loads(lines[2])
+    assert done["rid"] == intent["seq"] and done["sqlstate"] == "00000"
+
+
+def test_the_merged_record_is_the_intent_and_outcome_in_one_line() -> None:
+    async def go():
+        sink = _Memory()
+        log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
+        await log.start()
+        s = _session(log)
+        s.data_received(m.encode_query("SELECT 1/0"))
+        s.upstream_data(_FAIL + _Z)
+        s.data_received(m.encode_query("SELECT 1"))
+        s.upstream_data(_ROWS + _Z)
+        await log.close()
+        return sink.lines
+    lines = asyncio.run(go())
+    recs = [json.loads(line) for line in lines[1:-1]]
+    assert [r["type"] for r in recs] == ["statement", "statement"]
+    assert [r["sqlstate"] for r in recs] == ["22012", "00000"]
+    assert [r["rows"] for r in recs] == [0, 1]
+    assert recs[0]["normalized"] == "select ? / ?" and recs[0]["decision"] == "forward"
+    assert recs[0]["ts"] <= recs[1]["ts"]
