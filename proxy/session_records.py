@@ -115,14 +115,17 @@ class RecordsMixin:
                                                        ensure_ascii=False).encode()
                 else:
                     frag += b',"sql":' + json.dumps(raw, ensure_ascii=False).encode()
-            if self._forwarded:
-                # already upstream (fsync = "batch"): the intent waits here for the outcome,
-                # and both go as one "statement" record — unless an answer is about to reach
-                # the client first, or a group commit comes (see _flush_deferred)
+            if self._forwarded and info.kind == "select":
+                # a query already upstream (fsync = "batch"): its intent waits here for the
+                # outcome, and both go as one "statement" record — unless an answer is about
+                # to reach the client first, or a group commit comes (see _flush_deferred).
+                # Anything else has its intent queued now (in the writer's hands at once)
                 rid = [frag, time.time()]
                 if not self._deferred_n:
                     audit.defer(self)
                 self._deferred_n += 1
+            elif self._forwarded:
+                rid = audit.intent_after_forward(frag)
             else:
                 rid = audit.intent_encoded(frag)
                 self._last_rid = rid

@@ -18,9 +18,10 @@ Record types: ``intent`` (a statement about to run; its ``seq`` is the ``rid``),
 ``complete`` (its outcome, ``rid`` pointing at the intent), ``statement`` (both in one
 record: the intent's members, ``ts`` when it was sent, then ``rows``, ``duration_ms`` and
 ``sqlstate``) and ``event`` (``event`` names it: ``start``, ``stop``, ``grant.approved``…).
-With ``fsync = "batch"``, a statement forwarded first and answered before the next group
-commit is one ``statement`` record; one still running at a commit (or whose answer starts
-to reach the client before it ends) gets an ``intent`` then and a ``complete`` when it ends.
+With ``fsync = "batch"``, a query (kind ``select``) forwarded first and answered before
+the next group commit is one ``statement`` record; one still running at a commit (or whose
+answer starts to reach the client before it ends) gets an ``intent`` then and a
+``complete`` when it ends. Other statements always get an ``intent`` when they are sent.
 With ``fsync = "always"`` every statement has an ``intent``, durable before it is forwarded. Statement data is minimized: the caller
 passes normalized SQL; fields that could carry values (``sql``, ``params``…) are removed
 unless ``include_literals`` is set.

@@ -155,8 +155,9 @@ def test_simple_queries_forward_first_with_the_same_records() -> None:
     assert used == len(chunks)
     stmts = [r for r in records if r["type"] == "statement"]
     assert len(stmts) == 4 and any(r["sqlstate"] == "22012" for r in stmts)
-    # answered before any group commit: one record per statement
-    assert types.count("statement") == 4 and "intent" not in types
+    # queries answered before any group commit: one record each; anything else (the SET)
+    # has its intent queued as soon as it is forwarded, and a completion
+    assert types.count("statement") == 3 and types.count("intent") == types.count("complete") == 1
 
 
 def test_extended_and_prepared_batches_forward_first_with_the_same_records() -> None:
@@ -271,3 +272,23 @@ def test_the_merged_record_is_the_intent_and_outcome_in_one_line() -> None:
     assert [r["rows"] for r in recs] == [0, 1]
     assert recs[0]["normalized"] == "select ? / ?" and recs[0]["decision"] == "forward"
     assert recs[0]["ts"] <= recs[1]["ts"]
+
+
+def test_a_write_has_its_intent_queued_as_soon_as_it_is_forwarded() -> None:
+    """Only queries wait to be merged with their outcome: a statement that may change data
+    is in the writer's hands from the moment it is sent, answered or not."""
+    async def go():
+        sink = _Memory()
+        log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
+        await log.start()
+        s = _session(log)
+        s.data_received(m.encode_query("DELETE FROM orders WHERE id = 1"))
+        queued = [json.loads(p + b"}")["type"] for _, p, _ in log._queue]
+        assert s._deferred_n == 0
+        s.upstream_data(m.command_complete("DELETE 1") + _Z)
+        await log.close()
+        return queued, sink.lines
+    queued, lines = asyncio.run(go())
+    assert queued[-1] == "intent"
+    assert [t for t, _ in _types(lines)] == ["event", "intent", "complete", "event"]
+    assert json.loads(lines[2])["rows"] == 1
