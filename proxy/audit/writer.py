@@ -322,7 +322,8 @@ class AuditLog:
         seq = self._next_seq
         self._next_seq = seq + 1
         prefix = b'{"seq":%d,"ts":"%s","instance":%s,"type":"%s",%s' % (
-            seq, records.utc_timestamp(ts).encode(), self._instance_json, type_, fragment)
+            seq, records.utc_timestamp_bytes(time.time() if ts is None else ts),
+            self._instance_json, type_, fragment)
         self._queue.append((seq, prefix, time.monotonic()))
         if self._hands_off and (self._unsent or not self._sink.put(seq, prefix)):  # type: ignore[attr-defined]
             self._add_unsent(seq, prefix)

@@ -13,3 +13,11 @@ def test_sealer_mac_is_rfc2104_hmac_sha256() -> None:
         sealer = _Sealer(key)
         for body in (b"", b"{}", _os.urandom(5000)):
             assert sealer.mac(body) == _hmac.digest(key, body, "sha256").hex()
+
+
+def test_timestamp_bytes_match_the_text_form() -> None:
+    from proxy.audit.records import utc_timestamp, utc_timestamp_bytes
+
+    for t in (0.0, 1767225599.999999, 1767225600.000001, 1796200000.5):
+        assert utc_timestamp_bytes(t) == utc_timestamp(t).encode()
+    assert utc_timestamp_bytes(1767225600.25) == b"2026-01-01T00:00:00.250000Z"
