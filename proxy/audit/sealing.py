@@ -19,11 +19,16 @@ from .records import Sealer, line_hash
 
 def seal_prefixes(sealer: Sealer, prev: str, prefixes: list[bytes]) -> tuple[list[bytes], str]:
     """The lines of ``prefixes`` chained from ``prev``, and the hash of the last line."""
+    return sealer.seal_chain(prev, prefixes)
+
+
+def seal_prefixes_plainly(sealer: Sealer, prev: str,
+                          prefixes: list[bytes]) -> tuple[list[bytes], str]:
+    """The same, written as the format above reads (the reference the tests compare)."""
     lines: list[bytes] = []
-    mac = sealer.mac
     for prefix in prefixes:
         body = b'%s,"prev":"%s"}' % (prefix, prev.encode())
-        line = b'%s,"mac":"%s"}' % (body[:-1], mac(body).encode())
+        line = b'%s,"mac":"%s"}' % (body[:-1], sealer.mac(body).encode())
         lines.append(line)
         prev = line_hash(line)
     return lines, prev

@@ -21,3 +21,17 @@ def test_timestamp_bytes_match_the_text_form() -> None:
     for t in (0.0, 1767225599.999999, 1767225600.000001, 1796200000.5):
         assert utc_timestamp_bytes(t) == utc_timestamp(t).encode()
     assert utc_timestamp_bytes(1767225600.25) == b"2026-01-01T00:00:00.250000Z"
+
+
+def test_the_writers_sealing_loop_makes_the_lines_the_format_describes() -> None:
+    """Sealer.seal_chain (the writer's hot loop) against the format written out plainly,
+    and against the checker: same bytes, lines that check, the same chain tip."""
+    from proxy.audit.records import Sealer
+    from proxy.audit.sealing import seal_prefixes, seal_prefixes_plainly
+
+    sealer = Sealer(b"k" * 70)  # a key longer than a block is hashed first
+    prefixes = [b'{"seq":%d,"ts":"t","type":"event","note":"%s"' % (i, "\u00e9".encode() * i)
+                for i in range(1, 200)]
+    fast = seal_prefixes(sealer, "a" * 64, prefixes)
+    assert fast == seal_prefixes_plainly(sealer, "a" * 64, prefixes)
+    assert all(sealer.check(line) for line in fast[0])
