@@ -354,3 +354,62 @@ def test_unnamed_batches_after_a_partial_message_or_an_open_batch_take_the_full_
     warm = [_unnamed(MASKED, str(i)) for i in range(3)]
     assert _same(warm + [query_head, batch, b"\x00"]) == 1
     assert _same(warm + [parse("Y", PLAIN), batch, _unnamed(MASKED, "6")]) == 2
+
+
+def test_an_audited_replay_records_its_statement_before_any_of_its_answer_leaves() -> None:
+    """A masked session with the audit on: a replayed execution's intent waits to be merged
+    with its outcome, but when its answer starts to reach the client before it ends, the
+    intent is queued first (the general relay flushes it)."""
+    import json
+
+    from proxy.audit import AuditLog, AuditSettings
+    from proxy.audit.sinks.base import ChainTip, Sink
+
+    class Memory(Sink):
+        name = "memory"
+
+        def __init__(self) -> None:
+            self.lines: list[bytes] = []
+
+        async def open(self) -> ChainTip:
+            return ChainTip()
+
+        async def write(self, first_seq: int, lines: list[bytes]) -> None:
+            self.lines.extend(lines)
+
+    async def go():
+        sink = Memory()
+        log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
+        await log.start()
+        s = _session()
+        s.server.audit = log
+        s.tracker = StatementTracker(s._begin, s._end, rows=True)
+        queued_at_write = []
+        write = s.client.write
+
+        def watched(data: bytes) -> None:
+            queued_at_write.append([json.loads(p + b"}")["type"] for _, p, _ in log._queue])
+            write(data)
+        s.client.write = watched
+        for chunk in [parse("st", MASKED) + _SYNC, bind("st", "1") + _TAIL]:
+            sent_before = len(s.upstream.sent)
+            s.data_received(chunk)
+            s.upstream_data(_answer_for(b"".join(s.upstream.sent[sent_before:])))
+        before = len(s.upstream.sent)
+        intents = sum(b'"type":"intent"' in p for _, p, _ in log._queue)
+        s.data_received(bind("st", "2") + _TAIL)  # a replay (its intent deferred)
+        assert len(s.upstream.sent) > before and s._deferred_n == 1
+        assert sum(b'"type":"intent"' in p for _, p, _ in log._queue) == intents
+        head, tail = _ANSWER.split(b"C\x00", 1)
+        s.upstream_data(head)  # BindComplete, the row description and a row: no end yet
+        assert queued_at_write[-1][-1] == "intent"
+        s.upstream_data(b"C\x00" + tail)
+        await log.close()
+        return [json.loads(line) for line in sink.lines]
+    recs = asyncio.run(go())
+    kinds = [r["type"] for r in recs]
+    # the first execution took the full way (intent before forwarding); the replay's
+    # intent was flushed by its partial answer, its completion followed
+    assert kinds == ["event", "intent", "complete", "intent", "complete", "event"], kinds
+    assert recs[4]["rid"] == recs[3]["seq"] and recs[3]["decision"] == "rewrite"
+    assert recs[4]["rows"] == 1
