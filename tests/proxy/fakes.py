@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from proxy.audit.sinks.base import ChainTip, Sink
+
 class FakeTransport:
     """Stands in for an asyncio transport in session tests without sockets: keeps what
     was written, and whether it was closed."""
@@ -27,3 +29,18 @@ class FakeTransport:
 
     def get_extra_info(self, key, default=None):
         return default
+
+
+class MemorySink(Sink):
+    """An audit sink that keeps the sealed lines in memory."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    async def open(self) -> ChainTip:
+        return ChainTip()
+
+    async def write(self, first_seq: int, lines: list[bytes]) -> None:
+        self.lines.extend(lines)

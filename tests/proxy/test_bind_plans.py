@@ -363,22 +363,10 @@ def test_an_audited_replay_records_its_statement_before_any_of_its_answer_leaves
     import json
 
     from proxy.audit import AuditLog, AuditSettings
-    from proxy.audit.sinks.base import ChainTip, Sink
-
-    class Memory(Sink):
-        name = "memory"
-
-        def __init__(self) -> None:
-            self.lines: list[bytes] = []
-
-        async def open(self) -> ChainTip:
-            return ChainTip()
-
-        async def write(self, first_seq: int, lines: list[bytes]) -> None:
-            self.lines.extend(lines)
+    from tests.proxy.fakes import MemorySink
 
     async def go():
-        sink = Memory()
+        sink = MemorySink()
         log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
         await log.start()
         s = _session()

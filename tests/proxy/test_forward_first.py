@@ -14,7 +14,6 @@ import asyncio
 import json
 
 from proxy.audit import AuditLog, AuditSettings
-from proxy.audit.sinks.base import ChainTip, Sink
 from proxy.config import parse_settings
 from proxy.protocol import messages as m
 from proxy.protocol.framer import RelayScanner
@@ -22,26 +21,13 @@ from proxy.server import ProxyServer
 from proxy.session import Session
 from proxy.states import READY, TRACKED_INTERESTING
 from proxy.tracker import StatementTracker
-from tests.proxy.fakes import FakeTransport
+from tests.proxy.fakes import FakeTransport, MemorySink
 
 _SYNC = b"S\x00\x00\x00\x04"
 _TAIL = b"D\x00\x00\x00\x06P\x00" + b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + _SYNC
 _ROWS = m.row_description(["n"]) + m.data_row(["1"]) + m.command_complete("SELECT 1")
 _FAIL = m.error_response("22012", "division by zero")
 _Z = m.ready_for_query(b"I")
-
-
-class _Memory(Sink):
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-
-    async def open(self) -> ChainTip:
-        return ChainTip()
-
-    async def write(self, first_seq: int, lines: list[bytes]) -> None:
-        self.lines.extend(lines)
 
 
 def _answer_for(sent: bytes) -> bytes:
@@ -72,7 +58,7 @@ def _answer_for(sent: bytes) -> bytes:
 def _run(chunks: list[bytes], *, forward_first: bool) -> tuple[list, list[dict], int]:
     async def go():
         srv = ProxyServer(parse_settings(""))
-        sink = _Memory()
+        sink = MemorySink()
         log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
         await log.start()
         srv.audit = log
@@ -206,7 +192,7 @@ def test_an_answer_that_starts_before_its_statement_ends_follows_its_intent() ->
     intent is queued (so in the writer's hands) before those bytes are written, and its
     outcome follows as a completion."""
     async def go():
-        sink = _Memory()
+        sink = MemorySink()
         log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
         await log.start()
         s = _session(log)
@@ -231,7 +217,7 @@ def test_a_statement_still_running_at_a_group_commit_gets_its_intent_written() -
     """A long statement: the group commit writes its intent while it runs (the auditor sees
     it in flight); the completion comes when it ends."""
     async def go():
-        sink = _Memory()
+        sink = MemorySink()
         log = AuditLog(AuditSettings(instance="t", fsync="batch"), sink=sink, key=b"k" * 32)
         await log.start()
         await log.flush(5)
@@ -255,7 +241,7 @@ def test_a_statement_still_running_at_a_group_commit_gets_its_intent_written() -
 
 def test_the_merged_record_is_the_intent_and_outcome_in_one_line() -> None:
     async def go():
-        sink = _Memory()
+        sink = MemorySink()
         log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
         await log.start()
         s = _session(log)
@@ -278,7 +264,7 @@ def test_a_write_has_its_intent_queued_as_soon_as_it_is_forwarded() -> None:
     """Only queries wait to be merged with their outcome: a statement that may change data
     is in the writer's hands from the moment it is sent, answered or not."""
     async def go():
-        sink = _Memory()
+        sink = MemorySink()
         log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
         await log.start()
         s = _session(log)
