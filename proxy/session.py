@@ -115,6 +115,9 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         self._console_failed = False
         self._holding = False  # client bytes wait in _backlog while a statement is held
         self._bind_plans: dict[bytes, bind_plans.BindPlan] = {}  # see proxy.bind_plans
+        # without a guard: the last unnamed Parse that opened a replayable batch, with the
+        # classification context and the statement it was classified as
+        self._parse_hit: tuple[bytes, tuple, object] | None = None
         self._forwarded = False  # the statements being followed are already upstream
         self._deferred_n = 0  # statements whose audit intent waits for their outcome
         self._backlog = b""
@@ -239,8 +242,12 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                 plan = self._bind_plans.get(data[5 : data.find(b"\x00", 6) + 1])
                 if plan is not None and self._replay_bind(plan, data):
                     return
-            elif data[:1] == b"P" and guard is not None and self._replay_parse_bind(data):
-                return
+            elif data[:1] == b"P":
+                if guard is not None:
+                    if self._replay_parse_bind(data):
+                        return
+                elif self._parse_hit is not None and self._replay_followed_parse(data):
+                    return
         if guard is None:
             audit = self.server.audit
             if audit is None or audit.takes_forwarded:
@@ -547,6 +554,51 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             self._forwarded = False
         if len(spans) == 4:
             self._learn_bind_plan(buf, upto, spans, buf[:upto])
+        elif len(spans) == 5 and spans[0][0] == _P and upto == len(buf):
+            self._learn_followed_parse(buf, spans)
+
+    def _context(self) -> tuple:
+        """What a classification depends on besides the text (see ``_classify``)."""
+        st = self.server.policy.catalogs.get(self.database)
+        return (self.parameters.get("search_path"), st.version if st is not None else 0)
+
+    def _learn_followed_parse(self, buf: bytes, spans: list) -> None:
+        """An unnamed Parse, then Bind/Describe/Execute/Sync, followed after forwarding
+        (``pgbench -M extended``, psycopg's default): keep the Parse's bytes and how it
+        was classified, and a bind plan for the rest, so the same batch again is replayed
+        (:meth:`_replay_followed_parse`)."""
+        parse = buf[: spans[0][2]]
+        if parse[5:6] != b"\x00" or self.tracker is None:
+            return  # a named statement: its Parse runs once, nothing to gain
+        info = self.tracker.prepared.get("")
+        self._learn_bind_plan(buf, len(buf), spans, buf, parse)
+        plan = self._bind_plans.get(b"\x00\x00")
+        self._parse_hit = ((parse, self._context(), info)
+                           if info is not None and plan is not None else None)
+
+    def _replay_followed_parse(self, data: bytes) -> bool:
+        """No guard: the very bytes of the unnamed Parse learnt by
+        :meth:`_learn_followed_parse`, then a Bind/Describe/Execute/Sync its plan matches,
+        classified as before (same text, same search_path and catalog version). The batch
+        goes as it is; the tracker gets the same calls as the full way. False to take the
+        full way."""
+        parse, context, info = self._parse_hit  # type: ignore[misc]
+        if not data.startswith(parse):
+            return False
+        rest = data[len(parse):]
+        plan = self._bind_plans.get(b"\x00\x00")
+        if (plan is None or rest[:1] != b"B" or self._frontend.buffered
+                or not bind_plans.matches(plan, rest) or self._context() != context):
+            return False
+        audit = self.server.audit
+        if audit is not None and not audit.takes_forwarded:
+            return False  # the full way refuses what the audit cannot record
+        t0 = time.perf_counter()
+        self.upstream.write(data)  # type: ignore[union-attr]
+        self.tracker.parse("", info)  # type: ignore[union-attr]
+        self.server.metrics.added.observe(time.perf_counter() - t0)
+        self._replayed(plan, rest)
+        return True
 
     def _until_idle(self) -> asyncio.Future:
         """A future done once every statement sent so far has been answered."""

@@ -15,12 +15,14 @@ import json
 
 from proxy.audit import AuditLog, AuditSettings
 from proxy.config import parse_settings
+from proxy.policy_runtime import CatalogState
 from proxy.protocol import messages as m
 from proxy.protocol.framer import RelayScanner
 from proxy.server import ProxyServer
 from proxy.session import Session
 from proxy.states import READY, TRACKED_INTERESTING
 from proxy.tracker import StatementTracker
+from tests.policy.sample import sample_catalog
 from tests.proxy.fakes import FakeTransport, MemorySink
 
 _SYNC = b"S\x00\x00\x00\x04"
@@ -55,9 +57,10 @@ def _answer_for(sent: bytes) -> bytes:
     return b"".join(out)
 
 
-def _run(chunks: list[bytes], *, forward_first: bool) -> tuple[list, list[dict], int]:
+def _run(chunks: list, *, forward_first: bool) -> tuple[list, list[dict], int, list[str]]:
     async def go():
         srv = ProxyServer(parse_settings(""))
+        srv.policy.catalogs["db"] = CatalogState(catalog=sample_catalog(), version=1)
         sink = MemorySink()
         log = AuditLog(AuditSettings(instance="t"), sink=sink, key=b"k" * 32)
         await log.start()
@@ -85,9 +88,21 @@ def _run(chunks: list[bytes], *, forward_first: bool) -> tuple[list, list[dict],
             used += 1
             return follow(self, data)
         s._forward_then_follow = counting.__get__(s)
+        replayed = 0
+        replay = Session._replay_followed_parse
+
+        def counting_replays(self, data):
+            nonlocal replayed
+            done = replay(self, data)
+            replayed += done
+            return done
+        s._replay_followed_parse = counting_replays.__get__(s)
         wire = []
         try:
             for chunk in chunks:
+                if callable(chunk):  # a change between two writes
+                    chunk(s)
+                    continue
                 before = len(s.upstream.sent)
                 s.data_received(chunk)
                 sent = b"".join(s.upstream.sent[before:])
@@ -114,7 +129,8 @@ def _run(chunks: list[bytes], *, forward_first: bool) -> tuple[list, list[dict],
                         "key_id", "client"):
                 rec.pop(key, None)
             records.append(rec)
-        return wire, records, used, types
+        _run.replayed = replayed  # type: ignore[attr-defined]
+        return wire, records, used if forward_first else used + replayed, types
     return asyncio.run(go())
 
 
@@ -123,7 +139,7 @@ def _same(chunks: list[bytes]) -> tuple[list[dict], int, list[str]]:
     intent and a completion each, forwarding first mostly as one statement record each."""
     wire, records, used, types = _run(chunks, forward_first=True)
     wire_full, records_full, used_full, types_full = _run(chunks, forward_first=False)
-    assert used_full == 0
+    assert used_full == 0  # no short way at all while the log does not take forwarding
     assert wire == wire_full
     assert records == records_full
     assert "statement" not in types_full and types_full.count("intent") == types_full.count("complete")
@@ -155,6 +171,68 @@ def test_extended_and_prepared_batches_forward_first_with_the_same_records() -> 
     assert used == len(chunks) - 4  # the prepared runs after the first: bind-plan replays
     assert [r["type"] for r in records].count("statement") == 8
     assert types.count("statement") == 8
+
+
+def test_repeated_unnamed_parse_batches_are_replayed_with_the_same_records() -> None:
+    """psycopg's default and ``pgbench -M extended``: the same unnamed Parse with a Bind of
+    new values in every batch. After one batch followed the full way, the same bytes take
+    the short way — until the text, the batch's shape or the search_path changes."""
+    def search_path(value: str):
+        def change(s: Session) -> None:
+            s.parameters["search_path"] = value
+        return change
+
+    def bound(sql: str, value: str) -> bytes:
+        return (m.encode_parse(m.Parse("", sql, [])) + m.encode_bind_text("", "", [value])
+                + _TAIL)
+    q = "SELECT name FROM customers WHERE id = $1"
+    chunks = [bound(q, "1"), bound(q, "2"), bound(q, "3"),       # learnt, then replayed
+              bound("SELECT $1::int AS other", "4"), bound(q, "5"),  # another text: relearnt
+              bound(q, "6"),
+              # a text of the same length: not the learnt Parse
+              bound("SELECT id   FROM customers WHERE id = $1", "6"),
+              bound(q, "6"), bound(q, "6"),
+              # the unnamed statement closed in between: the replay parses it again
+              b"C\x00\x00\x00\x06S\x00" + _SYNC, bound(q, "6"),
+              search_path("pg_catalog"), bound(q, "7"),          # a new context: full way
+              bound(q, "8"),
+              # the same Parse, another tail (Describe of the statement): the full way
+              m.encode_parse(m.Parse("", q, [])) + m.encode_bind_text("", "", ["9"])
+              + b"D\x00\x00\x00\x06S\x00" + b"E\x00\x00\x00\x09\x00\x00\x00\x00\x00" + _SYNC,
+              bound(q, "10")[:7], bound(q, "10")[7:],            # split: the full way
+              bound("SELECT 1/0", "1"), bound("SELECT 1/0", "1")]  # errors, replayed too
+    records, used, types = _same(chunks)
+    # full way: the first of each run, the Close, the changed context, the other tail,
+    # the split write (two reads), the first division
+    assert used == 11, used
+    assert len([r for r in records if r["type"] == "statement"]) == 16
+    assert [r["sqlstate"] for r in records if r["type"] == "statement"][-2:] == ["22012"] * 2
+    # the search_path decides what "customers" is: before, public.customers; after, nothing
+    tables = [r["tables"] for r in records if r["type"] == "statement" and "customers" in r["normalized"]]
+    assert tables == [["public.customers"]] * 9 + [[]] * 4, tables
+
+
+def test_a_learnt_parse_is_not_replayed_when_the_log_stops_taking_forwarding() -> None:
+    """Once the log would refuse (here: drops not yet reported), the full way runs even for
+    a learnt batch."""
+    def drops(s: Session) -> None:
+        s.server.audit._unreported_drops = 1  # type: ignore[union-attr]
+
+    q = m.encode_parse(m.Parse("", "SELECT $1::int", [])) + m.encode_bind_text("", "", ["1"]) + _TAIL
+    wire, records, used, types = _run([q, q, drops, q], forward_first=True)
+    assert used == 1 and _run.replayed == 1  # type: ignore[attr-defined]
+    # (the first was followed after forwarding, the second replayed, the third took the
+    # full way: its intent queued before it was forwarded)
+    assert (wire, records) == _run([q, q, drops, q], forward_first=False)[:2]
+    assert "event" in types[2:-1]  # the full way reported the drops before its intent
+
+
+def test_a_learnt_parse_is_not_replayed_after_a_partial_message() -> None:
+    """Bytes that continue a buffered partial message are not a new batch, even when they
+    look like the learnt one."""
+    q = m.encode_parse(m.Parse("", "SELECT $1::int", [])) + m.encode_bind_text("", "", ["1"]) + _TAIL
+    wire, _, _, _ = _run([q, q, b"Q\x00\x00", q], forward_first=True)
+    assert wire[-1] == (b"", 0)  # swallowed into the Query the partial message began
 
 
 def test_pipelined_and_split_writes_forward_first_with_the_same_records() -> None:
