@@ -513,14 +513,29 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
         Only when the audit log takes records now (see ``AuditLog.takes_forwarded``): a
         statement it would refuse takes the full way, and is refused before forwarding."""
         t0 = time.perf_counter()
-        buf, upto, spans = self._frontend.feed_spans(data)
+        frontend = self._frontend
+        tracker = self.tracker
+        assert tracker is not None
+        if (data[:1] == b"Q" and not frontend.buffered and len(data) <= frontend.max_size
+                and len(data) == 1 + int.from_bytes(data[1:5], "big")):
+            # one whole Query, nothing before it: what the loop below does for it, without
+            # framing (the commonest read of simple-protocol clients)
+            self.upstream.write(data)  # type: ignore[union-attr]
+            added = time.perf_counter() - t0
+            self._forwarded = True
+            try:
+                tracker.query(self._classify(m.decode_query(data[5:])))
+            finally:
+                self._forwarded = False
+            self.server.metrics.added.observe(added)
+            frontend.syncs_since_execute = 0
+            self.pending += 1
+            return
+        buf, upto, spans = frontend.feed_spans(data)
         if not spans:
             return
         self.upstream.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
         added = time.perf_counter() - t0
-        tracker = self.tracker
-        assert tracker is not None
-        frontend = self._frontend
         self._forwarded = True
         try:
             for mtype, start, stop in spans:

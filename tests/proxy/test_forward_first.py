@@ -111,6 +111,9 @@ def _run(chunks: list, *, forward_first: bool) -> tuple[list, list[dict], int, l
                     before = len(s.client.sent)
                     s.upstream_data(_answer_for(sent))
                     wire.append((b"".join(s.client.sent[before:]), s.pending, s.tx_status))
+            metrics = srv.metrics
+            wire.append(("metrics", sum(metrics.added.counts), sum(metrics.duration.counts),
+                         {k: c.value for k, c in metrics.statements._children.items()}))
             await log.close()
         finally:
             AuditLog.takes_forwarded = original
@@ -232,7 +235,25 @@ def test_a_learnt_parse_is_not_replayed_after_a_partial_message() -> None:
     look like the learnt one."""
     q = m.encode_parse(m.Parse("", "SELECT $1::int", [])) + m.encode_bind_text("", "", ["1"]) + _TAIL
     wire, _, _, _ = _run([q, q, b"Q\x00\x00", q], forward_first=True)
-    assert wire[-1] == (b"", 0)  # swallowed into the Query the partial message began
+    assert wire[-2] == (b"", 0)  # swallowed into the Query the partial message began
+
+
+def test_a_query_completing_a_buffered_partial_message_is_not_taken_for_a_new_one() -> None:
+    """The one-whole-Query short way needs nothing buffered: bytes that look like a Query
+    but continue a partial message are framed with it."""
+    async def go():
+        log = AuditLog(AuditSettings(instance="t"), sink=MemorySink(), key=b"k" * 32)
+        await log.start()
+        s = _session(log)
+        s.data_received(b"Q\x00\x00\x00")  # a header cut short: its length's last byte follows
+        second = m.encode_query("SELECT " + "1" * 80)
+        s.data_received(second)
+        await log.close()
+        return b"".join(s.upstream.sent), second
+    sent, second = asyncio.run(go())
+    # framed with the partial header (here: an invalid stream, so the session ends), never
+    # forwarded as a Query of its own
+    assert second not in sent
 
 
 def test_pipelined_and_split_writes_forward_first_with_the_same_records() -> None:
