@@ -97,6 +97,9 @@ def column_refs(value: Any) -> Iterator[dict]:
                 stack.extend(v.values())
 
 
+_WRITES = frozenset({"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"})
+
+
 @dataclass
 class Finding:
     code: str
@@ -238,6 +241,13 @@ class Analyzer:
     def kind_of(self, kind: str, body: dict) -> str:
         if kind == "SelectStmt" and body.get("intoClause"):
             return "select_into"
+        if kind == "SelectStmt":
+            # WITH d AS (DELETE … RETURNING …) SELECT …: it writes (PostgreSQL allows such
+            # CTEs only at the top level), so it is recorded by what it changes
+            for cte in (body.get("withClause") or {}).get("ctes") or ():
+                inner, _ = node(node(cte)[1].get("ctequery"))
+                if inner in _WRITES:
+                    return gate.KINDS[inner]
         if kind == "ExplainStmt":
             return "explain"
         if kind == "VariableSetStmt":

@@ -47,3 +47,15 @@ def columns(sql: str) -> tuple[str, ...]:
 ])
 def test_columns_touched(sql: str, expected: tuple[str, ...]) -> None:
     assert columns(sql) == expected
+
+
+@pytest.mark.parametrize("sql, kind", [
+    ("with d as (delete from orders where id = 1 returning *) select * from d", "delete"),
+    ("with u as (update orders set note = 'x' returning id) select count(*) from u", "update"),
+    ("with t as (select id from orders) select * from t", "select"),
+    ("select * from customers for update", "select"),
+])
+def test_a_select_that_writes_through_a_cte_is_recorded_by_its_write(sql: str, kind: str) -> None:
+    d = decide(sql, user="auditor", search_path=("public",), catalog=sample_catalog(),
+               policy=Policy(exempt_users=frozenset({"auditor"})), grants=EMPTY_GRANTS, now=0.0)
+    assert d.kind == kind and d.kinds == (kind,)
