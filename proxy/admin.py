@@ -24,7 +24,13 @@ def build_app(server: ProxyServer) -> web.Application:
         return web.Response(text="ok\n")
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(body=server.metrics.render(),
+        body = server.metrics.render()
+        peers = getattr(server, "metrics_peers", None)
+        if peers:  # --workers N: the other workers' metrics too, labelled by worker
+            from .worker_metrics import gather_and_merge
+
+            body = await gather_and_merge(body, peers)
+        return web.Response(body=body,
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     app.router.add_get("/healthz", healthz)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 
 from .config import Settings
 from .server import ProxyServer, reuseport_socket
@@ -29,10 +31,21 @@ def install_uvloop() -> bool:
 
 
 async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None,
-              cancel_key: bytes | None = None, worker: int | None = None) -> None:
+              cancel_key: bytes | None = None, worker: int | None = None,
+              metrics_dir: str | None = None, workers: int = 1) -> None:
     from .admin import bound_port, start_admin
 
     server = ProxyServer(settings, cancel_key)
+    metrics_socket = None
+    if metrics_dir is not None and worker is not None:
+        from . import worker_metrics
+
+        if worker == 0:  # serves /metrics: the others' metrics are fetched at scrape time
+            server.metrics_peers = {str(i): worker_metrics.socket_path(metrics_dir, i)
+                                    for i in range(1, workers)}
+        else:
+            metrics_socket = await worker_metrics.serve_text(
+                worker_metrics.socket_path(metrics_dir, worker), server.metrics.render)
     if settings.audit is not None:
         from .audit.writer import AuditLog
 
@@ -80,6 +93,8 @@ async def run(settings: Settings, *, sock=None, admin: bool = True, ready=None,
         await server.audit.close()
     if runner is not None:
         await runner.cleanup()
+    if metrics_socket is not None:
+        metrics_socket.close()
     say("stopped")
 
 
@@ -93,6 +108,8 @@ def serve(settings: Settings, workers: int = 1) -> int:
     listen = settings.proxy.listen
     sock = reuseport_socket(listen.host, listen.port)
     cancel_key = os.urandom(32)  # shared by the workers, so any of them can route a cancel
+    # the workers' metrics sockets, in a folder only this user can enter (mode 0700)
+    metrics_dir = tempfile.mkdtemp(prefix="pgveil-metrics-")
     children = []
     for i in range(workers):
         pid = os.fork()
@@ -100,7 +117,7 @@ def serve(settings: Settings, workers: int = 1) -> int:
             code = 0
             try:
                 asyncio.run(run(settings, sock=sock, admin=(i == 0), cancel_key=cancel_key,
-                                worker=i))
+                                worker=i, metrics_dir=metrics_dir, workers=workers))
             except BaseException:  # noqa: BLE001 - report it, and let the parent see it
                 import traceback
 
@@ -121,7 +138,10 @@ def serve(settings: Settings, workers: int = 1) -> int:
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     code = 0
-    for pid in children:
-        _, status = os.waitpid(pid, 0)
-        code = code or os.waitstatus_to_exitcode(status)
+    try:
+        for pid in children:
+            _, status = os.waitpid(pid, 0)
+            code = code or os.waitstatus_to_exitcode(status)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return code

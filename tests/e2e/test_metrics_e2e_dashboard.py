@@ -59,6 +59,11 @@ def test_dashboard_is_valid_and_uses_the_provisioned_datasource() -> None:
                    "pgveil_audit_writer_lag_seconds", "pgveil_audit_records_dropped_total",
                    "pgveil_client_connections_current", "pgveil_client_connections_total"):
         assert needle in exprs, needle
+    # grants and requests live in the shared state store: every worker and instance reports
+    # the same ones, so they are never summed across them
+    for series in ("pgveil_active_grants", "pgveil_requests"):
+        for expr in _exprs(dash):
+            assert series not in expr or not expr.startswith("sum"), expr
 
 
 def test_dashboard_queries_only_series_the_proxy_exports(lab) -> None:  # noqa: F811

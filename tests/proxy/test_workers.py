@@ -6,9 +6,11 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
 from helpers import REPO_ROOT, wait_until
 from proxy.embedded import free_port
@@ -50,6 +52,17 @@ url = "sqlite:///{tmp_path}/state.db"
             dsn = f"host=127.0.0.1 port={port} dbname=postgres user={pg.superuser}"
             with psycopg.connect(dsn, autocommit=True) as conn:
                 assert conn.execute("SELECT %s::int", [i]).fetchone() == (i,)
+        # /metrics (served by the first worker) counts both workers' sessions
+        body = urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=10).read()
+        samples = [s for fam in text_string_to_metric_families(body.decode()) for s in fam.samples]
+        up = {s.labels["worker"]: s.value for s in samples if s.name == "pgveil_worker_up"}
+        assert up == {"0": 1.0, "1": 1.0}, up
+        accepted = {s.labels["worker"]: s.value for s in samples
+                    if s.name == "pgveil_client_connections_total"}
+        assert set(accepted) == {"0", "1"} and sum(accepted.values()) == 10, accepted
+        selects = sum(s.value for s in samples if s.name == "pgveil_statements_total"
+                      and s.labels.get("kind") == "select")
+        assert selects == 10, selects
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
