@@ -670,9 +670,6 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
                 self._became_idle()
             return
-        if guard is None and not self.poisons:
-            self._relay_then_follow(buf, upto, events)
-            return
         out = None
         last = 0
         for mtype, start, stop in events:
@@ -743,46 +740,6 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
             out.append(buf[last:upto])
             self.client.write(b"".join(out))  # type: ignore[union-attr]
         elif upto:
-            self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
-        if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
-            self._became_idle()
-
-    def _relay_then_follow(self, buf: bytes, upto: int, events: list) -> None:
-        """No guard, nothing to replace: the tracker matches the answers to their
-        statements (queuing their records: one per statement it completes), then the
-        answers go to the client — after the intents of statements still running, whose
-        answers may be part of these bytes. (The loop mirrors the tracking part of the
-        general loop in :meth:`_relay` on purpose — no call per message on the hot path;
-        tests/proxy/test_forward_first.py checks that both record the same.)"""
-        tracker = self.tracker
-        for mtype, start, stop in events:
-            if mtype == _Z:
-                self.tx_status = buf[start + 5 : stop]
-                if self.pending:
-                    self.pending -= 1
-                if tracker is not None:
-                    tracker.ready()
-            elif mtype == _CC:
-                if tracker is not None:
-                    tracker.command_complete(buf[start + 5 : stop])
-            elif mtype == _EMPTY or mtype == _SUSPENDED:
-                if tracker is not None:
-                    tracker.empty_or_suspended()
-            elif mtype == _S:
-                name, value = m.decode_parameter_status(buf[start + 5 : stop])
-                self.parameters[name] = value
-            elif mtype == _E:
-                fields = m.decode_fields(buf[start + 5 : stop])
-                if fields.get("V") in ("FATAL", "PANIC"):
-                    self.upstream_fatal = True
-                if tracker is not None:
-                    tracker.error(fields.get("C", "XX000"))
-        if self._deferred_n:
-            self._flush_deferred()
-        audit = self.server.audit
-        if audit is not None and audit._unsent:
-            audit.handoff()
-        if upto:
             self.client.write(buf if upto == len(buf) else buf[:upto])  # type: ignore[union-attr]
         if self.pending == 0 and (self._idle_waiters or self.drain_then_close):
             self._became_idle()

@@ -1,6 +1,6 @@
 """Sessions without a guard forward first and follow after (Session._forward_then_follow,
-_relay_then_follow, and the bind-plan replay): the same bytes go both ways and the audit
-log gets the same records as when every statement takes the full way.
+the replay of a learnt Parse batch, and the bind-plan replay): the same bytes go both ways
+and the audit log gets the same records as when every statement takes the full way.
 
 No database: a session with an audit log over an in-memory sink, fed whole client writes;
 the server's answers are simulated. Each scenario runs with forwarding first and with it
@@ -77,8 +77,8 @@ def _run(chunks: list, *, forward_first: bool) -> tuple[list, list[dict], int, l
         s.tracker = StatementTracker(s._begin, s._end, rows=True)
         s._backend = RelayScanner(TRACKED_INTERESTING, 1 << 20)
         if not forward_first:
-            # answers take the full way too: a refusal token pending (one that never
-            # matches) keeps the relay off its short way
+            # a refusal token pending (one that never matches): the relay checks every
+            # error against it, as after a refusal, and must record the same
             s.poisons["pgveil-test-never-matches"] = b""
         used = 0
         follow = Session._forward_then_follow
