@@ -99,22 +99,31 @@ asyncio.run(main())
 """
 
 
-def test_the_writer_process_outlives_a_killed_proxy_cleanly(settings: AuditSettings) -> None:
-    s = _process(settings)
-    proc = subprocess.run([sys.executable, "-c", PROXY_STANDIN, json.dumps(dataclasses.asdict(s))],
+def _killed_standin(script: str, s: AuditSettings) -> list[str]:
+    """Run ``script`` as a proxy stand-in that kills itself (-9); the words it printed."""
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(dataclasses.asdict(s))],
                           capture_output=True, text=True, timeout=60,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert proc.returncode == -9, proc.stderr
-    handed = int(proc.stdout.split()[-1])
-    assert handed >= 201  # start + 200 intents were acknowledged before the kill
+    return proc.stdout.split()
 
-    async def settled() -> None:  # the orphaned writer finishes and exits on end of input
+
+def _wait_for_lines(s: AuditSettings, n: int) -> None:
+    """Until the orphaned writer has written ``n`` lines (it then exits on end of input)."""
+    async def settled() -> None:
         for _ in range(200):
-            if len(lines_of(s.path)) >= handed:
+            if len(lines_of(s.path)) >= n:
                 return
             await asyncio.sleep(0.05)
 
     run(settled())
+
+
+def test_the_writer_process_outlives_a_killed_proxy_cleanly(settings: AuditSettings) -> None:
+    s = _process(settings)
+    handed = int(_killed_standin(PROXY_STANDIN, s)[-1])
+    assert handed >= 201  # start + 200 intents were acknowledged before the kill
+    _wait_for_lines(s, handed)
     # the orphaned writer saw end of input, closed the sink (head file included) and exited
     report = verify_files(s.path, key_of(s))
     assert report.ok, report
@@ -142,21 +151,9 @@ def test_records_queued_but_never_committed_survive_kill_9(settings: AuditSettin
     """Queued is enough: the proxy is killed before any group commit takes its records, and
     the orphaned writer still writes all of them from the shared ring."""
     s = _process(settings)
-    proc = subprocess.run([sys.executable, "-c", QUEUED_THEN_KILLED,
-                           json.dumps(dataclasses.asdict(s))],
-                          capture_output=True, text=True, timeout=60,
-                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert proc.returncode == -9, proc.stderr
-    written, pending = map(int, proc.stdout.split()[1:3])
+    written, pending = map(int, _killed_standin(QUEUED_THEN_KILLED, s)[1:3])
     assert pending == 200 and written >= 1  # the start record was durable, the rest queued
-
-    async def settled() -> None:  # the orphaned writer drains the ring and exits
-        for _ in range(200):
-            if len(lines_of(s.path)) >= written + pending:
-                return
-            await asyncio.sleep(0.05)
-
-    run(settled())
+    _wait_for_lines(s, written + pending)  # the orphaned writer drains the ring and exits
     report = verify_files(s.path, key_of(s))
     assert report.ok, report
     assert report.records == written + pending
