@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.audit import AuditLog, AuditSettings, StatementIntent, StatementResult, normalize_sql
-from proxy.audit.keys import AuditKeyError
+from proxy.audit.keys import AuditKeyError, load_key
 from proxy.audit.sinks import StdoutSink
 from proxy.audit.verify import verify_files, verify_lines
 
@@ -133,6 +133,44 @@ def test_key_file_is_created_0600_and_reused(settings: AuditSettings) -> None:
     os.chmod(settings.key_file, 0o644)
     with pytest.raises(AuditKeyError, match="chmod 600"):
         AuditLog(settings)
+
+
+def test_key_file_appears_whole(tmp_path, monkeypatch) -> None:
+    """Another process starting at the same moment (``--workers``) finds either no key file
+    or the whole key, never an empty file it would refuse as "key too short"."""
+    from proxy.audit import keys
+
+    path = tmp_path / "sub" / "audit.key"
+    seen = []
+    real_write = os.write
+
+    def watching_write(fd, data):
+        seen.append(path.exists())
+        return real_write(fd, data)
+
+    monkeypatch.setattr(keys.os, "write", watching_write)
+    key = keys.load_or_create_key(str(path))
+    assert seen == [False]  # while the key was written, the key file did not exist yet
+    assert keys.load_key(str(path)) == key
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["audit.key"]  # no temp file left
+
+
+def test_processes_creating_the_key_at_once_agree(tmp_path) -> None:
+    import multiprocessing
+
+    path = str(tmp_path / "audit.key")
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        keys_seen = pool.map(_create_key, [path] * 8)
+    assert len(set(keys_seen)) == 1
+    assert bytes.fromhex(keys_seen[0]) == load_key(path)
+
+
+def _create_key(path: str) -> str:
+    from proxy.audit.keys import load_or_create_key
+
+    return load_or_create_key(path).hex()
 
 
 def test_restart_continues_the_chain(settings: AuditSettings) -> None:
