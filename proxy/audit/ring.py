@@ -28,6 +28,8 @@ import tempfile
 HEADER = 64
 _POS = struct.Struct("<Q")
 NEWLINE = 10
+#: map every page at once: the first pass through the ring takes no page faults
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 
 
 def _shared_fd(size: int) -> int:
@@ -51,7 +53,7 @@ class RingWriter:
             raise ValueError("the audit ring size must be a power of two, at least 4096")
         self.size = size
         self.fd = _shared_fd(HEADER + size)
-        self.mm = mmap.mmap(self.fd, HEADER + size)
+        self.mm = mmap.mmap(self.fd, HEADER + size, flags=_MAP_FLAGS)
         self.write_pos = 0
         self.taken = 0  # the writer's read position, as last reported
 
@@ -95,7 +97,7 @@ class RingReader:
 
     def __init__(self, fd: int, size: int) -> None:
         self.size = size
-        self.mm = mmap.mmap(fd, HEADER + size)
+        self.mm = mmap.mmap(fd, HEADER + size, flags=_MAP_FLAGS)
         os.close(fd)
         self.read_pos = 0
 
