@@ -42,6 +42,8 @@ _MASKED_POLICY = {
     ],
 }
 
+_AUDIT = {"path": "audit.jsonl", "key_file": "audit.key", "fsync": "batch"}
+
 # Built-in pgveil configurations, by target name: TOML fragments as dicts, merged over the
 # base config. "pgveil" is the default one.
 PGVEIL_VARIANTS: dict[str, dict] = {
@@ -55,11 +57,17 @@ PGVEIL_VARIANTS: dict[str, dict] = {
     # the same with the default NOTICE on every masked statement
     "pgveil-masked-notice": {"policy": _MASKED_POLICY},
     # every statement audited: intent + completion records, group-committed (fsync = batch)
-    "pgveil-audit": {"audit": {"path": "audit.jsonl", "key_file": "audit.key",
-                               "fsync": "batch"}},
+    "pgveil-audit": {"audit": _AUDIT},
+    # audit on where pgveil does its job: the masked session above, with every statement
+    # audited (compare with pgveil-masked), and two workers (compare with pgveil-w2; each
+    # worker keeps its own chain: audit.jsonl.w0, audit.jsonl.w1)
+    "pgveil-masked-audit": {"proxy": {"notice_masked": False}, "policy": _MASKED_POLICY,
+                            "audit": _AUDIT},
+    "pgveil-w2-audit": {"_workers": 2, "audit": _AUDIT},
 }
 #: variants run only when named with --targets
-OPTIONAL_VARIANTS = frozenset({"pgveil-masked", "pgveil-masked-notice", "pgveil-audit"})
+OPTIONAL_VARIANTS = frozenset({"pgveil-masked", "pgveil-masked-notice", "pgveil-audit",
+                               "pgveil-masked-audit", "pgveil-w2-audit"})
 
 
 class Target:
