@@ -47,6 +47,7 @@ from .records import Sealer
 from .ring import RingReader
 from .sealing import seal_prefixes
 from .settings import AuditSettings
+from .sinks.base import ThreadedSink
 
 _HEAD = struct.Struct("!QIQ")  # first seq, payload length, ring position
 
@@ -144,6 +145,31 @@ def _ring_first_seq(chunk: bytes) -> int:
     return int(digits) if digits.isdigit() else -1
 
 
+class _InPlace:
+    """A sink whose blocking work runs on the caller's thread.
+
+    A blocking sink (file, stdout) keeps its work off the event loop, on a thread of its
+    own. This process has nothing else to do while a write runs: the proxy waits for the
+    answer before it asks again. So the work runs right here, without handing each batch
+    to the thread and back."""
+
+    def __init__(self, sink) -> None:
+        self.sink = sink
+        self.blocking = isinstance(sink, ThreadedSink)
+
+    async def open(self):
+        return self.sink.open_sync() if self.blocking else await self.sink.open()
+
+    async def write(self, first_seq: int, lines: list[bytes]) -> None:
+        if self.blocking:
+            self.sink.write_sync(first_seq, lines)
+        else:
+            await self.sink.write(first_seq, lines)
+
+    async def close(self) -> None:
+        await self.sink.close()  # on its thread: the very last step, once
+
+
 async def serve(stdin, out) -> None:
     from .sinks import make_local_sink
 
@@ -160,7 +186,7 @@ async def serve(stdin, out) -> None:
     settings = AuditSettings(**start["settings"])
     ring = RingReader(*start["ring"]) if start.get("ring") else None
     sealer = Sealer(load_or_create_key(settings.key_file))
-    sink = make_local_sink(settings, sealer)
+    sink = _InPlace(make_local_sink(settings, sealer))
     written_seq = 0          # the last durable seq
     held: list[bytes] = []   # sealed lines after it, not yet written
     tip_seq, tip_hash = 0, ""  # the last sealed record (held or written)
