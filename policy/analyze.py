@@ -106,6 +106,55 @@ class Finding:
     names: dict[str, str] = field(default_factory=dict)
 
 
+def written_columns(what: str, stmt: dict | None, rel: Relation) -> list[str] | None:
+    """The target columns a write gives values to; None for every column (COPY FROM
+    without a column list, or an INSERT whose number of values is not known here)."""
+    if stmt is None:
+        return None
+    if what == "COPY FROM":
+        names = strings(stmt.get("attlist") or [])
+        return [n for n in names if n] if names else None
+    out: list[str] = []
+    if what == "INSERT":
+        cols = stmt.get("cols") or []
+        if not cols and stmt.get("selectStmt") is not None:
+            # INSERT INTO t VALUES (…) / SELECT …: the first n columns, in order
+            n = _values_count(stmt["selectStmt"])
+            if n is None:
+                return None
+            out += [c.name for c in rel.columns[:n]]
+        out += [node(rt)[1].get("name") for rt in cols]
+        conflict = stmt.get("onConflictClause") or {}
+        out += [node(rt)[1].get("name") for rt in conflict.get("targetList") or ()]
+    elif what == "UPDATE":
+        out += [node(rt)[1].get("name") for rt in stmt.get("targetList") or ()]
+    elif what == "MERGE":
+        for clause in stmt.get("mergeWhenClauses") or ():
+            _, c = node(clause)
+            targets = c.get("targetList") or []
+            if c.get("commandType") == "CMD_INSERT" and not targets and c.get("values"):
+                return None
+            out += [node(rt)[1].get("name") for rt in targets]
+    return [n for n in out if n]
+
+
+def _values_count(select: Any) -> int | None:
+    """How many values each row of an INSERT's query has; None when not known from the
+    text (a ``*``, a set operation)."""
+    _, b = node(select)
+    rows = b.get("valuesLists")
+    if rows:
+        return max(len(node(r)[1].get("items") or ()) for r in rows)
+    if b.get("op", "SETOP_NONE") != "SETOP_NONE":
+        return None
+    targets = b.get("targetList") or []
+    for rt in targets:
+        k, cr = node(node(rt)[1].get("val"))
+        if k == "ColumnRef" and strings(cr["fields"])[-1] is None:
+            return None
+    return len(targets) or None
+
+
 class Analyzer:
     """Walks one parsed string (all its statements) and collects the decision's facts."""
 
@@ -352,7 +401,11 @@ class Analyzer:
             if rel.oid in self.plan.denied and self.masked_user:
                 self.deny("denied_relation", name=rel.qualified)
             if others and schema is None and self.masked_user and not self.verify:
-                if not self.plan.masks_of(rel.oid) and any(self.plan.masks_of(o.oid) for o in others):
+                # another relation of that name is masked or denied: name the one decided
+                # on, so the server reads it whatever search_path it runs with (a SET in the
+                # same string, a ROLLBACK undoing one, an UPDATE of pg_settings…)
+                if not self.plan.masks_of(rel.oid) and any(
+                        self.plan.masks_of(o.oid) or o.oid in self.plan.denied for o in others):
                     self.pin(rv, rel)
             return rel, False
         label = f"{schema}.{name}" if schema else name
@@ -370,7 +423,7 @@ class Analyzer:
         return None, False
 
     def pin(self, rv: dict, rel: Relation) -> None:
-        """Schema-qualify an unqualified name whose other candidates are masked."""
+        """Schema-qualify an unqualified name whose other candidates are masked or denied."""
         try:
             i = self.tokens.index_at(rv["location"])
         except LookupError:
@@ -589,7 +642,7 @@ class Analyzer:
         rv = b.get("relation")
         if rv:
             if b.get("is_from"):
-                self.write_target(rv, scope, "COPY FROM", [], None)
+                self.write_target(rv, scope, "COPY FROM", [], b)
             else:
                 self.copy_to(b, rv, scope)
         if b.get("query"):
@@ -668,8 +721,15 @@ class Analyzer:
     def write_target(
         self, rv: dict, scope: frozenset[str], what: str, exprs: list[Any], stmt: dict | None
     ) -> None:
-        rel, is_cte = self.resolve(rv, scope)
+        # the target of INSERT, UPDATE, DELETE, MERGE (and COPY FROM) is always a table:
+        # PostgreSQL never looks it up among the CTE names, even where one shadows it
+        rel, _ = self.resolve(rv, frozenset())
         if rel is None:
+            return
+        if rel.qualified == "pg_catalog.pg_settings" and self.masked_user:
+            # an UPDATE of pg_settings is set_config(): it changes settings (search_path,
+            # client_encoding…) where pgveil cannot follow them
+            self.deny("denied_setting", name="settings through pg_settings (use SET)")
             return
         if what == "INSERT":
             cols = [rt.get("ResTarget", {}).get("name") for rt in (stmt or {}).get("cols") or ()]
@@ -679,6 +739,15 @@ class Analyzer:
             self.written.append((rel, [c for c in cols if c]))
         masks = self.uncovered(rel)
         if not masks:
+            return
+        written = written_columns(what, stmt, rel)
+        hit = sorted(masks if written is None else {c for c in written if c in masks})
+        if hit:
+            # the answer to a write tells whether its values exist already (a unique or
+            # exclusion violation, ON CONFLICT, a foreign key, a trigger): writing a masked
+            # column is reading it
+            self.deny("denied_write_masked", what=what, table=rel.qualified,
+                      columns=", ".join(hit))
             return
         alias = (rv.get("alias") or {}).get("aliasname")
         ref = alias or rel.name

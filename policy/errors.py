@@ -36,7 +36,7 @@ def _table(*specs: ErrorSpec) -> Mapping[str, ErrorSpec]:
 
 
 REQUEST_HINT = (
-    "Ask for access with: REQUEST ACCESS TO {table} ({column}) FOR '30 minutes' BECAUSE '...'"
+    "Ask for access with: REQUEST ACCESS TO {table} ({columns}) FOR '30 minutes' BECAUSE '...'"
 )
 
 ERRORS: Mapping[str, ErrorSpec] = _table(
@@ -85,6 +85,13 @@ ERRORS: Mapping[str, ErrorSpec] = _table(
         "pgveil: {what} on {table} refers to masked column(s) {columns} of the rows it changes",
         "Conditions and values of a write may only use unmasked columns of its target, because "
         "the number of changed rows would reveal masked values. " + REQUEST_HINT,
+    ),
+    ErrorSpec(
+        "denied_write_masked", "42501",
+        "pgveil: {what} on {table} gives values to masked column(s) {columns}",
+        "Whether such a write succeeds (a unique or foreign-key violation, ON CONFLICT) tells "
+        "which values the column already holds, so writing a masked column needs a grant for "
+        "it, as reading it does. " + REQUEST_HINT,
     ),
     ErrorSpec(
         "denied_returning", "42501",

@@ -162,8 +162,10 @@ class Guard:
         if d.action != "deny" and (d.session_effects or not _PLAIN_KINDS.issuperset(d.kinds)):
             changes = "search_path" in (d.session_effects or {})
             kinds = set(d.kinds)
-            if changes and len(d.kinds) > 1 and d.kinds[-1] not in ("set", "reset"):
+            if changes and any(k not in ("set", "reset") for k in d.kinds[1:]):
                 # later statements of this string run with the new path: decide them with it
+                # (unless all that follows the first statement are settings, which name no
+                # relation: SET search_path…; SELECT…; SET work_mem… is decided in pieces)
                 whole = d
                 d = self._decide_pieces(sql, path)
                 if isinstance(d, bytes):

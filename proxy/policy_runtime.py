@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from policy.catalog import CATALOG_QUERY, Catalog
 from policy.decision import Decision, decide
 from policy.fingerprint import scan
+from policy.gate import LEXER_SETTINGS
 from policy.grants import EMPTY_GRANTS, GrantSet
 from policy.masks import INSTALL_SQL
 from policy.rules import Policy, policy_from_dict
@@ -37,6 +38,9 @@ from policy.template import literals_from_spans, make_probe, make_template
 from .config import Settings
 
 log = logging.getLogger("pgveil.policy")
+
+#: settings that change how the server reads SQL text: part of every decision's cache key
+_LEXER_SETTINGS = tuple(sorted(LEXER_SETTINGS))
 
 
 @dataclass
@@ -237,8 +241,9 @@ class PolicyRuntime:
         assert self.policy is not None
         grants_version = self.grants_version if self.grants.for_user(user) else 0
         # the lexer settings the server reports change how the text is read: part of the key
+        # (client_encoding too: a denial under SJIS must not answer a UTF8 session)
         context = (user, database, search_path, st.version, self.policy_version, grants_version,
-                   settings.get("standard_conforming_strings"), settings.get("backslash_quote"))
+                   *[settings.get(name) for name in _LEXER_SETTINGS])
         key = (sql, context)
         d = self.cache.get(key)
         if d is not None:

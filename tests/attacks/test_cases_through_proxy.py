@@ -196,6 +196,13 @@ STATE_SEQUENCES = {
         "SET search_path = decoy", "SET search_path = public; SELECT id, name FROM customers WHERE id <= 2 ORDER BY id"],
     "reset-then-select-same-query": [
         "SET search_path = decoy", "RESET search_path; SELECT id, name FROM customers WHERE id <= 2 ORDER BY id"],
+    # a later SET in the same string: the SELECT before it still runs with the first SET
+    "set-select-then-other-set-same-query": [
+        "SET search_path = decoy; SELECT id, name FROM customers WHERE id <= 2 ORDER BY id; "
+        "SET work_mem = '8MB'"],
+    "set-select-then-reset-same-query": [
+        "SET search_path = decoy; SELECT id, name FROM customers WHERE id <= 2 ORDER BY id; "
+        "RESET search_path"],
     "set-undone-by-failed-query": [
         "SET search_path = decoy; SELECT 1 / 0", "SELECT id, name FROM customers WHERE id <= 2 ORDER BY id"],
     "set-undone-by-rollback": [

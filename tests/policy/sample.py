@@ -8,7 +8,7 @@ from policy.rules import policy_from_dict
 CUSTOMERS, ORDERS, PAYMENTS, P2025, P2026, V_CUSTOMERS, MV_EMAILS = (
     16400, 16410, 16420, 16430, 16440, 16450, 16460,
 )
-PG_STATS, PG_STATISTIC, PG_CLASS = 12000, 2619, 1259
+PG_STATS, PG_STATISTIC, PG_CLASS, PG_SETTINGS = 12000, 2619, 1259, 12100
 
 TEXT = 'pg_catalog."text"'
 DATE = 'pg_catalog."date"'
@@ -41,6 +41,7 @@ SAMPLE_DATA = {
         [PG_STATS, "pg_catalog", "pg_stats", "v", None],
         [PG_STATISTIC, "pg_catalog", "pg_statistic", "r", None],
         [PG_CLASS, "pg_catalog", "pg_class", "r", None],
+        [PG_SETTINGS, "pg_catalog", "pg_settings", "v", None],
     ],
     "columns": (
         _cols(CUSTOMERS, CUSTOMER_COLS)

@@ -48,11 +48,14 @@ def relations_read(sql: str) -> list[str]:
     "SELECT id, total FROM orders WHERE id = 5",
     "SELECT * FROM orders o JOIN pg_class c ON true LIMIT 1",
     "BEGIN", "COMMIT", "SHOW search_path", "LISTEN ch", "NOTIFY ch, 'x'",
-    "INSERT INTO customers (id, name, ssn) VALUES (99, 'x', '1')",
     "UPDATE customers SET vip = true WHERE id = 1",
+    "INSERT INTO customers (id, name) VALUES (99, 'x')",
+    "INSERT INTO customers DEFAULT VALUES",
+    "INSERT INTO customers VALUES (99, 'x')",  # id and name only
+    "INSERT INTO customers SELECT id, note FROM orders",
+    "COPY customers (id, name, vip) FROM STDIN",
+    "INSERT INTO customers (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = 'y'",
     "DELETE FROM customers WHERE id = 1 AND name = 'x'",
-    "UPDATE customers SET ssn = 'new' WHERE id = 1",
-    "COPY customers FROM STDIN",
     "SELECT * FROM \"CUSTOMERS\"",  # a different (missing) table: never customers
     "WITH customers AS (SELECT 1 AS ssn) SELECT ssn FROM customers",
     "EXECUTE p(1)", "FETCH ALL FROM c", "DEALLOCATE ALL",
@@ -64,6 +67,61 @@ def test_forwards_untouched(sql):
     dec = d(sql)
     assert dec.action == "forward", (dec.reason, dec.message)
     assert dec.sql == sql
+
+
+# -- writes of masked columns ---------------------------------------------------------------
+@pytest.mark.parametrize("sql, columns", [
+    ("INSERT INTO customers (id, name, ssn) VALUES (99, 'x', '1')", "ssn"),
+    ("INSERT INTO customers VALUES (99, 'x', 'e@x', '1')", "email, ssn"),  # the first four
+    ("INSERT INTO customers VALUES (1, 'a'), (2, 'b', 'c@x')", "email"),
+    ("INSERT INTO customers SELECT * FROM customers", "birth_date, card_number, email, ssn"),
+    ("UPDATE customers SET ssn = 'new' WHERE id = 1", "ssn"),
+    ("UPDATE customers SET (name, email) = ('a', 'b@x') WHERE id = 1", "email"),
+    ("COPY customers FROM STDIN", "birth_date, card_number, email, ssn"),
+    ("COPY customers (id, ssn) FROM STDIN", "ssn"),
+    ("INSERT INTO customers (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET ssn = 'x'", "ssn"),
+    ("MERGE INTO customers c USING orders o ON c.id = o.id WHEN MATCHED THEN UPDATE SET email = 'x'", "email"),
+    ("MERGE INTO customers c USING orders o ON c.id = o.id WHEN NOT MATCHED THEN INSERT VALUES (o.id)", "birth_date, card_number, email, ssn"),
+    ("INSERT INTO v_customers (id, name, ssn) VALUES (700, 'x', '1')", "ssn"),
+    ("INSERT INTO payments_2025 (id, card_number) VALUES (1, '4111')", "card_number"),
+    # a CTE never shadows the table a write targets
+    ("WITH customers AS (SELECT 1) INSERT INTO customers (id, ssn) VALUES (1, 'x')", "ssn"),
+])
+def test_writing_a_masked_column_is_denied(sql, columns):
+    """Whether a write succeeds tells which values exist (unique violations, ON CONFLICT):
+    writing a masked column needs a grant, as reading it does."""
+    dec = d(sql)
+    assert dec.action == "deny" and dec.reason == "denied_write_masked", (dec.reason, dec.message)
+    assert dec.message.endswith(f"masked column(s) {columns}")
+    assert f"REQUEST ACCESS TO " in dec.hint and "{" not in dec.hint
+    assert d(sql, user="postgres").action == "forward"  # exempt users write as they like
+
+
+def test_a_grant_lets_a_masked_user_write_the_column():
+    g = GrantSet([Grant(id="g", user="analyst", table="public.customers", columns=("ssn",), expires_at=1e12)])
+    sql = "INSERT INTO customers (id, name, ssn) VALUES (99, 'x', '1')"
+    dec = d(sql, grants=g)
+    assert dec.action == "forward" and dec.grants_used == ("g",)
+    assert d("UPDATE customers SET email = 'x' WHERE id = 1", grants=g).reason == "denied_write_masked"
+
+
+def test_the_target_of_a_write_inside_with_is_the_table_not_a_cte():
+    # PostgreSQL looks a write's target up among tables only: here it updates customers
+    dec = d("WITH x AS (SELECT 1), customers AS (SELECT 2), u AS (UPDATE customers SET vip = vip "
+            "WHERE id = 7 RETURNING birth_date) SELECT birth_date::text FROM u")
+    assert dec.action == "deny" and dec.reason == "denied_returning", dec.reason
+    dec = d("WITH customers AS (SELECT 1) UPDATE customers SET vip = vip WHERE ssn LIKE '99%'")
+    assert dec.action == "deny" and dec.reason == "denied_write_predicate", dec.reason
+    dec = d("WITH payments AS (SELECT 1), x AS (DELETE FROM payments WHERE id = 4 RETURNING "
+            "card_number) INSERT INTO orders (id, note) SELECT 900, card_number FROM x")
+    assert dec.action == "deny" and dec.reason == "denied_returning", dec.reason
+
+
+def test_updating_pg_settings_is_denied_like_set_config():
+    for sql in ("UPDATE pg_settings SET setting = 'pg_catalog, public' WHERE name = 'search_path'",
+                "UPDATE pg_catalog.pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'"):
+        dec = d(sql)
+        assert dec.action == "deny" and dec.reason == "denied_setting", (sql, dec.reason)
 
 
 def test_quoted_upper_case_is_another_table():

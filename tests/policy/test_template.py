@@ -120,3 +120,25 @@ def test_parameter_slots_only_where_a_parameter_means_the_same():
     assert param_value("'it''s'", "SCONST") == (UNTYPED, "it's")
     assert param_value("'a'\n'b'", "SCONST") is None  # one literal made of two
     assert param_value("E'x'", "SCONST") is None and param_value("$$x$$", "SCONST") is None
+
+
+def test_runtime_cache_keys_on_every_lexer_setting():
+    """A decision made under one client_encoding (a refusal under SJIS) never answers a
+    session with another: every setting that changes how text is read is in the key."""
+    from proxy.config import parse_settings
+    from proxy.policy_runtime import CatalogState, PolicyRuntime
+
+    rt = PolicyRuntime(parse_settings(""))
+    rt.policy = POL
+    rt.catalogs["db"] = CatalogState(catalog=CAT, version=1)
+    sql = "SELECT name FROM customers WHERE id = 3"
+
+    def decide(**settings):
+        return rt.decide(sql, user="analyst", database="db",
+                         search_path=('"$user"', "public"), settings=settings)
+
+    assert decide(client_encoding="SJIS").reason == "denied_session"
+    assert decide(client_encoding="UTF8").action != "deny"
+    assert decide(standard_conforming_strings="off").reason == "denied_session"
+    assert decide(backslash_quote="on").reason == "denied_session"
+    assert decide(client_encoding="UTF8", standard_conforming_strings="on").action != "deny"
