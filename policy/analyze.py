@@ -144,15 +144,26 @@ def _values_count(select: Any) -> int | None:
     _, b = node(select)
     rows = b.get("valuesLists")
     if rows:
-        return max(len(node(r)[1].get("items") or ()) for r in rows)
+        items = [node(r)[1].get("items") or [] for r in rows]
+        if any(_expands(v) for row in items for v in row):
+            return None
+        return max(map(len, items))
     if b.get("op", "SETOP_NONE") != "SETOP_NONE":
         return None
     targets = b.get("targetList") or []
-    for rt in targets:
-        k, cr = node(node(rt)[1].get("val"))
-        if k == "ColumnRef" and strings(cr["fields"])[-1] is None:
-            return None
+    if any(_expands(node(rt)[1].get("val")) for rt in targets):
+        return None
     return len(targets) or None
+
+
+def _expands(value: Any) -> bool:
+    """``t.*`` or ``(x).*``: an item that stands for as many values as ``t`` has columns."""
+    k, v = node(value)
+    if k == "ColumnRef":
+        return strings(v["fields"])[-1] is None
+    if k == "A_Indirection":
+        return any(node(i)[0] == "A_Star" for i in v.get("indirection") or ())
+    return False
 
 
 class Analyzer:
@@ -551,8 +562,35 @@ class Analyzer:
         self.generic("SelectStmt", b, scope, skip=("withClause", "larg", "rarg", "fromClause"))
 
     def v_ColumnRef(self, b: dict, scope: frozenset[str], parent: str, fieldname: str) -> None:
-        if len(b.get("fields", ())) >= 3:
+        fields = b.get("fields", ())
+        if len(fields) >= 3:
             self._colrefs3.append(b)
+        if len(fields) >= 2 and self.masked_user and not self.verify:
+            # x.f where x has no column f is f(x): PostgreSQL's functional notation
+            names = strings(fields)
+            col = names[-1]
+            if col is not None and self.calls_refused_function(col):
+                rel = self.by_ref.get(names[-2] or "")
+                if rel is None or rel.column(col) is None:
+                    self.deny("denied_function", name=col)
+
+    def v_A_Indirection(self, b: dict, scope: frozenset[str], parent: str, fieldname: str) -> None:
+        if self.masked_user and not self.verify:
+            # (x).f is a field of x, or else the call f(x)
+            for item in b.get("indirection") or ():
+                k, v = node(item)
+                if k == "String" and self.calls_refused_function(v.get("sval") or ""):
+                    self.deny("denied_function", name=v["sval"])
+        self.generic("A_Indirection", b, scope)
+
+    def calls_refused_function(self, name: str) -> bool:
+        """Whether a field selection ``.name`` can be a call of a function the gate refuses
+        (a denied built-in, or a user function not trusted) — PostgreSQL calls ``name(x)``
+        when ``x`` has no field ``name``."""
+        if gate.is_denied_builtin(name):
+            return True
+        return any(f.is_user and not self.policy.trusts_function(f.schema, f.name)
+                   for f in self.catalog.functions.get(name, ()))
 
     def v_FuncCall(self, b: dict, scope: frozenset[str], parent: str, fieldname: str) -> None:
         names = [n for n in strings(b.get("funcname", [])) if n is not None]

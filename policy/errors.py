@@ -65,6 +65,12 @@ ERRORS: Mapping[str, ErrorSpec] = _table(
         "or request an approved action.",
     ),
     ErrorSpec(
+        "denied_function_call", "42501",
+        "pgveil: the FunctionCall protocol message is not allowed for masked users",
+        "It runs a function by OID with no SQL text for pgveil to check. Call the function "
+        "in a SELECT instead.",
+    ),
+    ErrorSpec(
         "denied_setting", "42501",
         "pgveil: changing {name} is not allowed through pgveil",
         "{name} changes how PostgreSQL reads SQL text; pgveil keeps it at its default so it "

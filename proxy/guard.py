@@ -224,6 +224,16 @@ class Guard:
             grants_used=tuple(dict.fromkeys(g for p in pieces for g in p.grants_used)),
             session_effects={"search_path": None}, fingerprint=first.fingerprint)
 
+    def function_call(self) -> bytes:
+        """A FunctionCall message runs a function named by OID, with no SQL text to check:
+        refused for masked users. Returns the error; ``last`` is the audit's record of it."""
+        from policy.errors import render
+
+        sqlstate, message, hint = render("denied_function_call")
+        self.last = dataclasses.replace(_synthetic("FunctionCall", "denied_function_call"),
+                                        sqlstate=sqlstate, message=message, hint=hint)
+        return m.error_response(sqlstate, message, hint=hint)
+
     def _poison(self, error: bytes) -> str:
         token = POISON_PREFIX + secrets.token_hex(8)
         self.poisons[token] = error

@@ -341,8 +341,14 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                         else:
                             rep = guard.client_describe(buf[start + 5 : stop])
                 elif mtype == _FUNC:
+                    info = None
+                    if guard is not None:
+                        # refused in-band: the server fails a statement of pgveil's in its
+                        # place, and answers with an error and ReadyForQuery, as it would
+                        rep = m.encode_query(self._poison(guard.function_call()))
+                        info = guard.last
                     if tracker is not None:
-                        tracker.function_call(self._unknown_statement())
+                        tracker.function_call(info or self._unknown_statement())
                 elif mtype == _X:
                     self.terminated = True
             except (NeedCatalog, NeedApproval, NeedSync) as exc:

@@ -75,6 +75,8 @@ def test_forwards_untouched(sql):
     ("INSERT INTO customers VALUES (99, 'x', 'e@x', '1')", "email, ssn"),  # the first four
     ("INSERT INTO customers VALUES (1, 'a'), (2, 'b', 'c@x')", "email"),
     ("INSERT INTO customers SELECT * FROM customers", "birth_date, card_number, email, ssn"),
+    ("INSERT INTO customers SELECT (x).* FROM orders x", "birth_date, card_number, email, ssn"),
+    ("INSERT INTO customers VALUES ((ROW(1, 'x')::orders).*)", "birth_date, card_number, email, ssn"),
     ("UPDATE customers SET ssn = 'new' WHERE id = 1", "ssn"),
     ("UPDATE customers SET (name, email) = ('a', 'b@x') WHERE id = 1", "email"),
     ("COPY customers FROM STDIN", "birth_date, card_number, email, ssn"),
@@ -122,6 +124,38 @@ def test_updating_pg_settings_is_denied_like_set_config():
                 "UPDATE pg_catalog.pg_settings SET setting = 'SJIS' WHERE name = 'client_encoding'"):
         dec = d(sql)
         assert dec.action == "deny" and dec.reason == "denied_setting", (sql, dec.reason)
+
+
+# -- functions called in field-selection notation --------------------------------------------
+@pytest.mark.parametrize("sql", [
+    "SELECT (1).customer_ssn",  # (x).f is f(x) when x has no field f
+    "SELECT ( 4 ) . \"customer_ssn\"",
+    "SELECT g.customer_ssn FROM generate_series(1, 3) g",  # g.f: g has no column f
+    "SELECT (o.customer_id).customer_ssn FROM orders o",
+    "SELECT o.customer_ssn FROM orders o",
+    "SELECT ((('select 1').ts_stat)).word",  # a denied built-in
+])
+def test_field_selection_calling_a_refused_function_is_denied(sql):
+    dec = d(sql)
+    assert dec.action == "deny" and dec.reason == "denied_function", (sql, dec.reason)
+    assert d(sql, user="postgres").action == "forward"
+
+
+def test_a_column_named_like_a_refused_function_is_a_column():
+    import copy
+
+    from policy.catalog import Catalog
+
+    from .sample import ORDERS, SAMPLE_DATA
+
+    data = copy.deepcopy(SAMPLE_DATA)
+    data["columns"].append([ORDERS, 5, "customer_ssn", 'pg_catalog."text"', "S"])
+    cat = Catalog.from_dict(data)
+    assert d("SELECT o.customer_ssn FROM orders o", catalog=cat).action == "forward"
+    assert d("SELECT orders.customer_ssn FROM orders", catalog=cat).action == "forward"
+    # on another relation, or through a field selection, it is still the function
+    assert d("SELECT g.customer_ssn FROM generate_series(1, 3) g", catalog=cat).action == "deny"
+    assert d("SELECT (1).customer_ssn", catalog=cat).action == "deny"
 
 
 def test_quoted_upper_case_is_another_table():
