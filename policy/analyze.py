@@ -106,6 +106,11 @@ class Finding:
     names: dict[str, str] = field(default_factory=dict)
 
 
+def is_reserved_statement_name(name: str) -> bool:
+    """Names pgveil gives the statements it prepares itself (``pgveil_c…``, ``name#pgveilN``)."""
+    return name.startswith("pgveil_") or "#pgveil" in name
+
+
 def written_columns(what: str, stmt: dict | None, rel: Relation) -> list[str] | None:
     """The target columns a write gives values to; None for every column (COPY FROM
     without a column list, or an INSERT whose number of values is not known here)."""
@@ -207,6 +212,7 @@ class Analyzer:
         self.literal_dependent = False
         self.refresh_catalog = False
         self.unknown: list[str] = []
+        self.temp_pinned: list[str] = []  # unknown names written pg_temp.name (see pin_temp)
         # for the columns a statement touches (policy.touched): relations by the names that
         # refer to them (alias or name), and the target columns of writes
         self.by_ref: dict[str, Relation] = {}
@@ -431,7 +437,23 @@ class Analyzer:
         mode = self.policy.unknown_relations
         if mode == "deny" or (mode == "forward_temp" and schema is not None and not is_temp_schema(schema)):
             self.deny("denied_unknown_relation", name=label)
+        elif mode == "forward_temp" and schema is None and not self.verify:
+            # taken for a temporary table: written pg_temp.name, so that the server reads
+            # nothing else under that name — not a view or a partition of a masked table
+            # created in the meantime by someone else, which pgveil's catalog cannot know yet
+            self.pin_temp(rv)
         return None, False
+
+    def pin_temp(self, rv: dict) -> None:
+        try:
+            i = self.tokens.index_at(rv["location"])
+        except LookupError:
+            self.deny("verification_failed", detail="relation name span")
+            return
+        self.edits.append(Edit(self.tokens.toks[i].start, self.tokens.toks[i].end,
+                               qualified("pg_temp", rv["relname"])))
+        if rv["relname"] not in self.temp_pinned:
+            self.temp_pinned.append(rv["relname"])
 
     def pin(self, rv: dict, rel: Relation) -> None:
         """Schema-qualify an unqualified name whose other candidates are masked or denied."""
@@ -867,7 +889,18 @@ class Analyzer:
 
     def v_PrepareStmt(self, b: dict, scope: frozenset[str], parent: str, fieldname: str) -> None:
         self.prepared = b.get("name")
+        self.check_statement_name(self.prepared)
         self._persistent("PREPARE", b, scope, "PrepareStmt")
+
+    def v_DeallocateStmt(self, b: dict, scope: frozenset[str], parent: str, fieldname: str) -> None:
+        self.check_statement_name(b.get("name"))
+        self.generic("DeallocateStmt", b, scope)
+
+    def check_statement_name(self, name: str | None) -> None:
+        """pgveil prepares masked statements under names of its own: a masked user may not
+        replace them (DEALLOCATE, then PREPARE a statement of theirs under that name)."""
+        if name and self.masked_user and is_reserved_statement_name(name):
+            self.deny("denied_reserved_name", name=name)
 
     def v_ViewStmt(self, b: dict, scope: frozenset[str], parent: str, fieldname: str) -> None:
         self._persistent("CREATE VIEW", b, scope, "ViewStmt")

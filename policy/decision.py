@@ -59,6 +59,7 @@ class Decision:
     session_effects: dict[str, Any] = field(default_factory=dict)
     refresh_catalog: bool = False
     unknown_relations: tuple[str, ...] = ()
+    temp_pinned: tuple[str, ...] = ()  # unknown names sent as pg_temp.name (temporary tables)
     prepared: str | None = None  # name in PREPARE / EXECUTE
     cache_by_fingerprint: bool = True
     literal_dependent: bool = False  # a literal's value decided something (never template)
@@ -145,6 +146,7 @@ def decide(
         session_effects=an.session_effects,
         refresh_catalog=an.refresh_catalog or any(k == "ddl" for k in kinds),
         unknown_relations=tuple(an.unknown),
+        temp_pinned=tuple(an.temp_pinned),
         prepared=an.prepared,
         cache_by_fingerprint=not an.literal_dependent and not an.edits,
         literal_dependent=bool(an.literal_dependent),

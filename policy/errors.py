@@ -71,6 +71,12 @@ ERRORS: Mapping[str, ErrorSpec] = _table(
         "in a SELECT instead.",
     ),
     ErrorSpec(
+        "denied_reserved_name", "42501",
+        "pgveil: the prepared statement name {name} is reserved for pgveil",
+        "pgveil prepares masked statements under names starting with pgveil_; choose another "
+        "name.",
+    ),
+    ErrorSpec(
         "denied_setting", "42501",
         "pgveil: changing {name} is not allowed through pgveil",
         "{name} changes how PostgreSQL reads SQL text; pgveil keeps it at its default so it "
@@ -125,6 +131,12 @@ ERRORS: Mapping[str, ErrorSpec] = _table(
         "denied_persistent_grant", "42501",
         "pgveil: {what} would keep access granted until {table} outlives the grant",
         "Run the query directly while your grant is live.",
+    ),
+    ErrorSpec(
+        "catalog_changed", "40001",
+        "pgveil: {table} changed while this statement was checked; rows withheld",
+        "Its schema changed after pgveil loaded the catalog. pgveil has reloaded it: run the "
+        "statement again.",
     ),
     ErrorSpec(
         "wire_leak", "42501",

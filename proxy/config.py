@@ -65,6 +65,8 @@ class UpstreamSettings:
     catalog_user: str = "postgres"
     catalog_password: str | None = None
     catalog_refresh_seconds: float = 60.0
+    # install an event trigger that reports DDL, and reload the catalog on each report
+    watch_ddl: bool = True
 
 
 @dataclass

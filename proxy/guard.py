@@ -27,10 +27,12 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
+from policy.analyze import is_reserved_statement_name
 from policy.names import parse_search_path
 from policy.scrub import scrub_error_fields
 
 from .protocol import messages as m
+from .policy_runtime import CatalogStale
 from .query_plans import QueryPlans
 from .statements import StatementMap
 from .stmt_cache import StatementCache
@@ -98,6 +100,8 @@ class Guard:
         self.blocking = False
         self.refresh_after = False
         self._retried: set[str] = set()
+        self._temp_checked: set[str] = set()  # names looked for in a fresh catalog
+        self._sql_prepared: dict[str, int] = {}  # PREPARE name -> catalog version checked with
         self._sensitive_version: tuple | None = None
         self._sensitive: dict[int, dict[int, tuple[str, str, tuple[str, ...]]]] = {}
         self.last: "Decision | None" = None
@@ -139,6 +143,8 @@ class Guard:
         try:
             d = self.runtime.decide(sql, user=self.user, database=self.database,
                                     search_path=path, settings=self.parameters)
+        except CatalogStale:
+            raise NeedCatalog() from None  # the schema changed: wait for the reload
         except LookupError as exc:
             self.last = _synthetic(sql, "catalog_unavailable")
             return m.error_response(
@@ -158,6 +164,16 @@ class Guard:
             self._retried.add(d.fingerprint)
             raise NeedCatalog()
         self._retried.discard(d.fingerprint)
+        if d.temp_pinned and not self._temp_checked.issuperset(d.temp_pinned):
+            # a name pgveil's catalog does not know goes as a temporary table's: unless DDL
+            # reports keep the catalog current, load it first, once per name, in case
+            # someone has just created it
+            self._temp_checked.update(d.temp_pinned)
+            st = self.runtime.catalogs.get(self.database)
+            if st is None or not st.watching:
+                raise NeedCatalog()
+        if "ddl" in d.kinds and d.unknown_relations:
+            self._temp_checked.update(d.unknown_relations)  # this session creates them
         self.last = d
         if d.action != "deny" and (d.session_effects or not _PLAIN_KINDS.issuperset(d.kinds)):
             changes = "search_path" in (d.session_effects or {})
@@ -174,6 +190,10 @@ class Guard:
                                                     normalized=whole.normalized)
             if self.stmt_cache is not None and kinds & {"discard", "deallocate"}:
                 self.stmt_cache.clear()  # they drop pgveil's cached statements too
+            if d.prepared and d.action in ("forward", "rewrite"):
+                stale = self._sql_prepared_stale(d, kinds)
+                if stale is not None:
+                    return stale
             if changes or kinds & {"discard", "reset"} or (
                     self.tx_path_change and "transaction" in kinds):
                 self.path_dirty = True
@@ -183,6 +203,33 @@ class Guard:
         if d.refresh_catalog:
             self.refresh_after = True
         return d
+
+    def _catalog_version(self) -> int:
+        st = self.runtime.catalogs.get(self.database)
+        return st.version if st is not None else -1
+
+    def _sql_prepared_stale(self, d: "Decision", kinds: set[str]) -> bytes | None:
+        """PREPARE notes the catalog it was checked with; EXECUTE of a statement checked
+        with an older catalog is refused: the server analyses it again against the schema
+        as it is now, which pgveil did not check (a view redefined by someone else)."""
+        version = self._catalog_version()
+        if "prepare" in kinds:
+            self._sql_prepared[d.prepared] = version  # type: ignore[index]
+            return None
+        if "execute" not in kinds:
+            return None
+        then = self._sql_prepared.get(d.prepared)  # type: ignore[arg-type]
+        p = self.stmts.prepared.get(d.prepared)  # type: ignore[arg-type]
+        if p is not None and then is None:
+            then = p.version  # a statement of the extended protocol, by its name
+        if then is None or then == version:
+            return None
+        self.last = _synthetic(d.normalized, "prepared_stale")
+        return m.error_response(
+            "0A000", f"pgveil: prepared statement {d.prepared!r} was checked before the "
+            "schema changed",
+            hint="DEALLOCATE it and PREPARE it again: pgveil checks it against the schema as "
+                 "it is now.")
 
     def _decide_pieces(self, sql: str, path: tuple[str, ...]) -> "Decision | bytes":
         """Decide a multi-statement string one statement at a time, following its SETs."""
@@ -343,6 +390,7 @@ class Guard:
         """:meth:`client_parse` when its plan answers the Parse (an unnamed Parse of a text
         already masked and prepared upstream, under the same context); otherwise None,
         with nothing changed."""
+        self.stmts.version = self._catalog_version()
         plans = self.plans
         if plans is None or not plans.parses or p.name or self.path_dirty:
             return None
@@ -360,6 +408,17 @@ class Guard:
         return prefix + _EMPTY_PARSE
 
     def client_parse(self, p: m.Parse) -> bytes | None:
+        self.stmts.version = self._catalog_version()
+        if p.name and is_reserved_statement_name(p.name):
+            # (Close, then Parse a statement of one's own under the name of a masked one)
+            from policy.errors import render
+
+            sqlstate, message, hint = render("denied_reserved_name", name=p.name)
+            self.last = dataclasses.replace(_synthetic(p.query, "denied_reserved_name"),
+                                            sqlstate=sqlstate, message=message, hint=hint)
+            self.stmts.parsed(p.name, p.query, p.param_types, None)
+            return m.encode_parse(m.Parse(p.name, self._poison(
+                m.error_response(sqlstate, message, hint=hint)), p.param_types))
         planned = self.client_parse_planned(p)
         if planned is not None:
             return planned
@@ -408,24 +467,20 @@ class Guard:
         p = sm.prepared.get(stmt)
         if p is None:
             return None
-        if self._grants_ended(p.decision):
+        version = self._catalog_version()
+        if p.version != version and not self._grants_ended(p.decision):
+            # the schema changed since it was checked (PostgreSQL analyses it again): check
+            # it again, and prepare it again if the decision is not the same
             d = self._decide(p.query, extended=True)
-            if isinstance(d, bytes):
-                text = self._poison(d)
-                p.decision = None
-            elif d.action not in ("forward", "rewrite"):
-                text = self._poison(_denial(d) if d.action == "deny" else self._approval(d))
-                p.decision = None
-            elif _shape_changes(p.decision, d):
-                text = self._poison(m.error_response(
-                    "0A000", "pgveil: cached plan must not change result type",
-                    hint="A grant this statement was prepared under has ended and a column it "
-                         "returned is stripped now; prepare the statement again."))
-                p.decision = None
+            if (not isinstance(d, bytes) and p.decision is not None
+                    and d.action == p.decision.action and d.sql == p.decision.sql):
+                p.decision, p.version = d, version
+                d = None
             else:
-                text = d.sql if d.action == "rewrite" else p.query
-                p.decision = d
-            return sm.reprepare(stmt, text) + m.encode_bind_with_statement(body, p.upstream)
+                return self._reprepared(p, stmt, body, d, version)
+        if self._grants_ended(p.decision):
+            return self._reprepared(p, stmt, body, self._decide(p.query, extended=True),
+                                    version)
         if p.decision is not None and p.decision.grants_used:
             for gid in p.decision.grants_used:
                 g = self.runtime.grants.get(gid)
@@ -434,6 +489,28 @@ class Guard:
         if p.upstream != stmt:
             return m.encode_bind_with_statement(body, p.upstream, rest)
         return None
+
+    def _reprepared(self, p, stmt: str, body: bytes, d, version: int) -> bytes:
+        """Statement ``stmt`` prepared again upstream with decision ``d``, then the Bind."""
+        sm = self.stmts
+        p.version = version
+        if isinstance(d, bytes):
+            text = self._poison(d)
+            p.decision = None
+        elif d.action not in ("forward", "rewrite"):
+            text = self._poison(_denial(d) if d.action == "deny" else self._approval(d))
+            p.decision = None
+        elif _shape_changes(p.decision, d):
+            text = self._poison(m.error_response(
+                "0A000", "pgveil: cached plan must not change result type",
+                hint="A grant this statement was prepared under has ended, or the schema "
+                     "changed, and a column it returned is stripped now; prepare the "
+                     "statement again."))
+            p.decision = None
+        else:
+            text = d.sql if d.action == "rewrite" else p.query
+            p.decision = d
+        return sm.reprepare(stmt, text) + m.encode_bind_with_statement(body, p.upstream)
 
     def client_execute(self, body: bytes, portal: str) -> bytes | None:
         """Execute (``body``, of ``portal``): a portal bound under a grant that has ended is
@@ -455,6 +532,11 @@ class Guard:
     def client_close(self, body: bytes) -> bytes | None:
         self.ext_open = True
         what, name = m.decode_describe_or_close(body)
+        if what == "S" and is_reserved_statement_name(name) and name not in self.stmts.prepared:
+            # not the client's: pgveil's own statement stays (the Close answers as a Close
+            # of a statement that does not exist: CloseComplete)
+            self.stmts.expect("3", False)
+            return m.msg(b"C", b"S" + m.cstr("pgveil refused"))
         return self.stmts.closing(what, name)
 
     # ------------------------------------------------------------------ server side
@@ -515,7 +597,7 @@ class Guard:
         versions = (self._sensitive_version, self.runtime.grants_version)
         if self._t_ok.get(msg) == versions:
             return None  # the same result shape passed the check under the same grants
-        verdict = self._check_fields(msg, sensitive)
+        verdict = self._check_known_columns(msg) or self._check_fields(msg, sensitive)
         if verdict is None and not self._has_time_bound_grants():
             if len(self._t_ok) > 256:
                 self._t_ok.clear()
@@ -525,6 +607,31 @@ class Guard:
     def _has_time_bound_grants(self) -> bool:
         # a grant can expire without a version change: only cache when none covers this user
         return self.runtime.grants.for_user(self.user)
+
+    def _check_known_columns(self, msg: bytes) -> bytes | None:
+        """A result column of a relation the catalog knows, at an attribute number it does
+        not know: the relation changed after the catalog was loaded (a view given a column by
+        someone else), so the statement was decided on a stale catalog. Rows withheld, and
+        the catalog is reloaded before the next decision."""
+        st = self.runtime.catalogs.get(self.database)
+        if st is None or st.catalog is None:
+            return None
+        relations = st.catalog.relations
+        for f in m.decode_row_description(msg[5:]):
+            rel = relations.get(f.table_oid) if f.table_oid else None
+            if (rel is None or f.attnum <= 0 or not rel.columns
+                    or rel.schema in ("pg_catalog", "information_schema")
+                    or any(c.attnum == f.attnum for c in rel.columns)):
+                continue
+            log.warning("wire check: %s has a column pgveil's catalog does not know; rows "
+                        "withheld, catalog reloaded", rel.qualified)
+            self.blocking = True
+            self.runtime.ddl_reported(self.database)
+            from policy.errors import render
+
+            sqlstate, message, hint = render("catalog_changed", table=rel.qualified)
+            return m.error_response(sqlstate, message, hint=hint)
+        return None
 
     def _check_fields(self, msg: bytes, sensitive) -> bytes | None:
         now = time.time()

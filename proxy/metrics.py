@@ -97,6 +97,12 @@ class _Live:
             ag = GaugeMetricFamily("pgveil_active_grants", "Grants live now")
             ag.add_metric([], len(jit.grants(active_only=True)))
             yield ag
+        cv = GaugeMetricFamily(
+            "pgveil_catalog_version", "Version of the schema catalog pgveil decides with, by "
+            "database: it grows when DDL is reported or a load finds a change", labels=["database"])
+        for database, st in s.policy.catalogs.items():
+            cv.add_metric([database], st.version)
+        yield cv
         a = s.audit
         if a is not None:
             w = CounterMetricFamily("pgveil_audit_records_written", "Audit records written")

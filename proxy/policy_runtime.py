@@ -18,6 +18,7 @@ per process holds:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -50,6 +51,35 @@ class CatalogState:
     loaded_at: float = 0.0
     error: str | None = None
     task: asyncio.Task | None = None
+    digest: str = ""  # of the rows last loaded: a reload that finds the same keeps the version
+    content_version: int = 0  # the version that names the loaded catalog's content
+    top_version: int = 0  # the highest version ever given out (versions are cache keys)
+    stale: bool = False  # DDL was reported since the last load: decisions wait for a new one
+    ddl_seen: int = 0  # DDL reports so far (a load that began before the last one is stale)
+    watch: asyncio.Task | None = None  # listening for DDL reports (see PolicyRuntime._watch)
+    watching: bool = False  # DDL reports are being received
+
+
+class CatalogStale(LookupError):
+    """The database reported DDL that the loaded catalog predates: wait for the reload."""
+
+
+#: an event trigger that reports every DDL command (by anyone, over any connection) to
+#: pgveil's catalog connections, so a schema changed outside pgveil is reloaded at once
+DDL_WATCH_SQL = r"""
+CREATE SCHEMA IF NOT EXISTS pgveil;
+CREATE OR REPLACE FUNCTION pgveil.report_ddl() RETURNS event_trigger
+  LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $fn$ BEGIN PERFORM pg_catalog.pg_notify('pgveil_ddl', ''); END $fn$;
+DO $do$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgveil_ddl_end') THEN
+    CREATE EVENT TRIGGER pgveil_ddl_end ON ddl_command_end EXECUTE FUNCTION pgveil.report_ddl();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_event_trigger WHERE evtname = 'pgveil_sql_drop') THEN
+    CREATE EVENT TRIGGER pgveil_sql_drop ON sql_drop EXECUTE FUNCTION pgveil.report_ddl();
+  END IF;
+END $do$;
+"""
 
 
 class _Everyone(frozenset):
@@ -123,9 +153,7 @@ class PolicyRuntime:
         st.task = asyncio.get_running_loop().create_task(self._load(database, st))
         return st.task
 
-    async def _load(self, database: str, st: CatalogState) -> None:
-        import psycopg
-
+    def _connect_kwargs(self, database: str) -> dict:
         up = self.settings.upstream
         kw = dict(host=up.host, port=up.port, dbname=database, user=up.catalog_user,
                   sslmode="disable" if up.sslmode == "disable" else up.sslmode,
@@ -135,7 +163,14 @@ class PolicyRuntime:
             kw["password"] = password
         if up.sslrootcert is not None:
             kw["sslrootcert"] = str(up.sslrootcert)
+        return kw
+
+    async def _load(self, database: str, st: CatalogState) -> None:
+        import psycopg
+
+        kw = self._connect_kwargs(database)
         started = time.monotonic()
+        seen = st.ddl_seen
         try:
             async with await psycopg.AsyncConnection.connect(autocommit=True, **kw) as conn:
                 await conn.execute("SET statement_timeout = '30s'")
@@ -149,12 +184,79 @@ class PolicyRuntime:
             st.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             log.warning("loading the catalog of database %r failed: %s", database, st.error)
             return
-        st.catalog = catalog
-        st.version += 1
+        digest = hashlib.sha256(repr(rows).encode()).hexdigest()
+        if digest != st.digest or st.catalog is None:
+            st.catalog, st.digest = catalog, digest
+            st.top_version += 1  # decisions, plans and prepared statements are made again
+            st.content_version = st.top_version
         st.loaded_at = time.monotonic()
         st.error = None
+        if st.ddl_seen != seen:
+            # DDL was reported while this load ran: it may predate it, load again (still
+            # stale, under a version no decision was made with)
+            st.top_version += 1
+            st.version = st.top_version
+            st.task = asyncio.get_running_loop().create_task(self._load(database, st))
+        else:
+            st.version = st.content_version  # (the same content as before: what was decided stands)
+            st.stale = False
         log.info("catalog of %r loaded: %d relations in %.0f ms", database,
                  len(catalog.relations), (st.loaded_at - started) * 1000)
+        if st.watch is None and self.policy is not None and self.settings.upstream.watch_ddl:
+            st.watch = asyncio.get_running_loop().create_task(self._watch(database, st))
+
+    async def _watch(self, database: str, st: CatalogState) -> None:
+        """Listen for the DDL reports of :data:`DDL_WATCH_SQL` (installing it if it is
+        missing): on each, the catalog is stale at once — statements of masked users wait
+        for the reload — and reloaded."""
+        import psycopg
+
+        backoff = 1.0
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        autocommit=True, **self._connect_kwargs(database)) as conn:
+                    try:
+                        cur = await conn.execute(
+                            "SELECT count(*) FROM pg_catalog.pg_event_trigger "
+                            "WHERE evtname IN ('pgveil_ddl_end', 'pgveil_sql_drop')")
+                        if (await cur.fetchone())[0] != 2:  # (itself DDL: only when missing)
+                            await conn.execute(DDL_WATCH_SQL)
+                    except psycopg.errors.InsufficientPrivilege:
+                        log.warning(
+                            "database %r: cannot install the DDL report trigger (it takes a "
+                            "superuser as [upstream] catalog_user); schema changes made outside "
+                            "pgveil are seen at the next catalog refresh, every %g s",
+                            database, self.settings.upstream.catalog_refresh_seconds)
+                        return
+                    await conn.execute("LISTEN pgveil_ddl")
+                    st.watching = True
+                    # DDL between the last load and LISTEN: load once more
+                    self.ensure_catalog(database, force=True)
+                    backoff = 1.0
+                    async for _ in conn.notifies():
+                        self.ddl_reported(database)
+            except asyncio.CancelledError:
+                st.watching = False
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnect; the refresh timer still runs
+                st.watching = False
+                log.warning("database %r: DDL watch connection failed (%s); retrying in %g s",
+                            database, type(exc).__name__, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def ddl_reported(self, database: str) -> None:
+        st = self.catalogs.get(database)
+        if st is None:
+            return
+        st.ddl_seen += 1
+        st.stale = True
+        # every cached decision and plan of this database is stale now: a new version, never
+        # given out before (if the reload finds the same content, the old one comes back)
+        st.top_version += 1
+        st.version = st.top_version
+        self.ensure_catalog(database, force=True)
 
     async def refresh_loop(self) -> None:
         interval = self.settings.upstream.catalog_refresh_seconds
@@ -238,6 +340,10 @@ class PolicyRuntime:
         catalog = st.catalog if st is not None else None
         if catalog is None:
             raise LookupError(st.error if st is not None and st.error else "not loaded")
+        if st.stale:
+            if st.error is not None:  # and the reload failed: nothing to decide with
+                raise LookupError(st.error)
+            raise CatalogStale("DDL was reported since the catalog was loaded")
         assert self.policy is not None
         grants_version = self.grants_version if self.grants.for_user(user) else 0
         # the lexer settings the server reports change how the text is read: part of the key

@@ -474,8 +474,9 @@ class Session(StartupMixin, RecordsMixin, ConsoleMixin, asyncio.Protocol):
                 return False
             p = guard.stmts.prepared.get(plan.stmt)
             if (p is None or (p is not plan.prepared and not plan.fresh)
-                    or p.decision is not plan.decision or p.upstream != plan.upstream_name):
-                return False
+                    or p.decision is not plan.decision or p.upstream != plan.upstream_name
+                    or p.version != guard._catalog_version()):
+                return False  # (a schema change: the Bind checks the statement again)
         tracker = self.tracker
         if tracker is not None:
             audit = self.server.audit

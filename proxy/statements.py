@@ -38,6 +38,7 @@ class Prepared:
     upstream: str  # the name it has upstream
     generation: int = 1
     shared: bool = False  # upstream is a cached statement (stmt_cache): never close it
+    version: int = 0  # the catalog version its decision was made with
 
 
 @dataclass
@@ -56,6 +57,7 @@ class StatementMap:
         self.answers = Answers()
         self.batch = 0  # the client's open batch (incremented after each Sync / Query)
         self.closed = 0  # batches the server has finished (ReadyForQuery)
+        self.version = 0  # the catalog version of the decisions being recorded (parsed)
 
     # ------------------------------------------------------------------ bookkeeping
     def expect(self, kind: str, swallow: bool, confirm=None) -> None:
@@ -103,7 +105,7 @@ class StatementMap:
                upstream: str | None = None, confirm=None) -> None:
         shared = upstream is not None
         self.prepared[name] = Prepared(query, param_types, decision, upstream or name,
-                                       shared=shared)
+                                       shared=shared, version=self.version)
         self.expect("1", False, confirm)
 
     def closing(self, what: str, name: str) -> bytes | None:

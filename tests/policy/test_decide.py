@@ -56,7 +56,6 @@ def relations_read(sql: str) -> list[str]:
     "COPY customers (id, name, vip) FROM STDIN",
     "INSERT INTO customers (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = 'y'",
     "DELETE FROM customers WHERE id = 1 AND name = 'x'",
-    "SELECT * FROM \"CUSTOMERS\"",  # a different (missing) table: never customers
     "WITH customers AS (SELECT 1 AS ssn) SELECT ssn FROM customers",
     "EXECUTE p(1)", "FETCH ALL FROM c", "DEALLOCATE ALL",
     "SELECT pg_notify('ch', 'hello')",
@@ -159,8 +158,9 @@ def test_a_column_named_like_a_refused_function_is_a_column():
 
 
 def test_quoted_upper_case_is_another_table():
-    dec = d('SELECT * FROM "CUSTOMERS"')
-    assert dec.action == "forward" and dec.unknown_relations == ("CUSTOMERS",)
+    dec = d('SELECT * FROM "CUSTOMERS"')  # a different (missing) table: never customers
+    assert dec.action == "rewrite" and dec.unknown_relations == ("CUSTOMERS",)
+    assert dec.sql == 'SELECT * FROM pg_temp."CUSTOMERS"'  # it can only be a temporary table
     assert d("SELECT * FROM CUSTOMERS").action == "rewrite"  # unquoted folds to customers
 
 
@@ -365,12 +365,23 @@ def test_unknown_relation_modes():
     strict = policy_from_dict({**SAMPLE_POLICY_DICT, "unknown_relations": "deny"})
     assert d("SELECT * FROM t_new", policy=strict).reason == "denied_unknown_relation"
     dec = d("SELECT * FROM t_new")
-    assert dec.action == "forward" and dec.refresh_catalog
+    # taken for a temporary table, and written so the server reads nothing else
+    assert dec.action == "rewrite" and dec.refresh_catalog and dec.temp_pinned == ("t_new",)
+    assert dec.sql == "SELECT * FROM pg_temp.t_new"
+    dec = d("INSERT INTO t_new SELECT id FROM orders o JOIN t_other x USING (id)")
+    assert dec.sql == ("INSERT INTO pg_temp.t_new SELECT id FROM orders o "
+                       "JOIN pg_temp.t_other x USING (id)")
+    assert d("CREATE TEMP TABLE t_new (a int)").action == "forward"  # a name it creates
+    assert d("SELECT * FROM pg_temp.t_new").action == "forward"
+    assert d("SELECT * FROM t_new", user="postgres").action == "forward"
+    loose = policy_from_dict({**SAMPLE_POLICY_DICT, "unknown_relations": "forward"})
+    assert d("SELECT * FROM t_new", policy=loose).action == "forward"
 
 
 def test_long_names_truncate_like_postgres():
     long = "customers" + "x" * 60
-    assert d(f"SELECT * FROM {long}").action == "forward"  # different table once truncated
+    dec = d(f"SELECT * FROM {long}")  # a different table once truncated: unknown, temporary
+    assert dec.action == "rewrite" and dec.sql.startswith("SELECT * FROM pg_temp.")
     from policy.catalog import Catalog
     from tests.policy.sample import SAMPLE_DATA
     data = json.loads(json.dumps(SAMPLE_DATA))
