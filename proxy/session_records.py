@@ -115,11 +115,11 @@ class RecordsMixin:
                                                        ensure_ascii=False).encode()
                 else:
                     frag += b',"sql":' + json.dumps(raw, ensure_ascii=False).encode()
-            if self._forwarded and info.kind == "select":
-                # a query already upstream (fsync = "batch"): its intent waits here for the
-                # outcome, and both go as one "statement" record — unless an answer is about
-                # to reach the client first, or a group commit comes (see _flush_deferred).
-                # Anything else has its intent queued now (in the writer's hands at once)
+            if info.kind == "select" and (self._forwarded or audit.takes_forwarded):
+                # a query (fsync = "batch"): its intent waits here for the outcome, and both
+                # go as one "statement" record — unless an answer is about to reach the
+                # client first, or a group commit comes (see _flush_deferred). Anything else
+                # has its intent queued now (in the writer's hands at once)
                 rid = [frag, time.time()]
                 if not self._deferred_n:
                     audit.defer(self)

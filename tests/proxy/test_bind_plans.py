@@ -396,8 +396,9 @@ def test_an_audited_replay_records_its_statement_before_any_of_its_answer_leaves
         return [json.loads(line) for line in sink.lines]
     recs = asyncio.run(go())
     kinds = [r["type"] for r in recs]
-    # the first execution took the full way (intent before forwarding); the replay's
-    # intent was flushed by its partial answer, its completion followed
-    assert kinds == ["event", "intent", "complete", "intent", "complete", "event"], kinds
-    assert recs[4]["rid"] == recs[3]["seq"] and recs[3]["decision"] == "rewrite"
-    assert recs[4]["rows"] == 1
+    # the first execution took the full way: answered whole, one statement record; the
+    # replay's intent was flushed by its partial answer, its completion followed
+    assert kinds == ["event", "statement", "intent", "complete", "event"], kinds
+    assert recs[1]["decision"] == "rewrite" and recs[1]["rows"] == 1
+    assert recs[3]["rid"] == recs[2]["seq"] and recs[2]["decision"] == "rewrite"
+    assert recs[3]["rows"] == 1
