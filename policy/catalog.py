@@ -89,6 +89,12 @@ SELECT pg_catalog.json_build_object(
 )
 """.strip()
 
+#: the same without view definitions: ``pg_get_viewdef`` locks each view, and a session
+#: holding a lock on one (any user may lock a view they own) would stall the load. Views
+#: without a definition have no proven provenance: masked wherever they depend on a mask.
+CATALOG_QUERY_NO_VIEWDEFS = CATALOG_QUERY.replace("pg_catalog.pg_get_viewdef(c.oid)", "NULL")
+assert CATALOG_QUERY_NO_VIEWDEFS != CATALOG_QUERY
+
 # format_type() spells SQL-keyword types (integer, boolean, character varying(n), ...) in
 # forms the grammar maps to pg_catalog whatever the search_path; plain names like ``text`` or
 # ``date`` are looked up on the search_path, so we pin them to pg_catalog.

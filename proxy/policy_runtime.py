@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from policy.catalog import CATALOG_QUERY, Catalog
+from policy.catalog import CATALOG_QUERY, CATALOG_QUERY_NO_VIEWDEFS, Catalog
 from policy.decision import Decision, decide
 from policy.fingerprint import scan
 from policy.gate import LEXER_SETTINGS
@@ -174,15 +174,26 @@ class PolicyRuntime:
         try:
             async with await psycopg.AsyncConnection.connect(autocommit=True, **kw) as conn:
                 await conn.execute("SET statement_timeout = '30s'")
+                await conn.execute("SET lock_timeout = '1s'")
                 if self.policy is not None and any(r.mask == "hash" for r in self.policy.rules):
                     # the keyed-hash functions; the key is made in the database, never here
                     await conn.execute(INSTALL_SQL)
-                cur = await conn.execute(CATALOG_QUERY)
+                try:
+                    cur = await conn.execute(CATALOG_QUERY)
+                except psycopg.errors.LockNotAvailable:
+                    # a session holds a lock on a view (its definition cannot be read): load
+                    # without view definitions, which masks such views more, never less
+                    log.warning("database %r: a view is locked; catalog loaded without view "
+                                "definitions until the next load", database)
+                    cur = await conn.execute(CATALOG_QUERY_NO_VIEWDEFS)
                 rows = await cur.fetchall()
             catalog = Catalog.from_rows(rows)
         except Exception as exc:  # noqa: BLE001 - any failure leaves the catalog unusable
             st.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
             log.warning("loading the catalog of database %r failed: %s", database, st.error)
+            if st.stale:  # statements of masked users are refused meanwhile: try again soon
+                asyncio.get_running_loop().call_later(
+                    2.0, lambda: self.ensure_catalog(database, force=True))
             return
         digest = hashlib.sha256(repr(rows).encode()).hexdigest()
         if digest != st.digest or st.catalog is None:
@@ -341,6 +352,12 @@ class PolicyRuntime:
         if catalog is None:
             raise LookupError(st.error if st is not None and st.error else "not loaded")
         if st.stale:
+            if _ends_transaction(sql):
+                # BEGIN/COMMIT/ROLLBACK read nothing: never held, so whoever holds a lock
+                # that stalls the reload can always end their transaction
+                return decide(sql, user=user, search_path=search_path, catalog=_EMPTY_CATALOG,
+                              policy=self.policy, grants=EMPTY_GRANTS, now=time.time(),
+                              settings=settings)
             if st.error is not None:  # and the reload failed: nothing to decide with
                 raise LookupError(st.error)
             raise CatalogStale("DDL was reported since the catalog was loaded")
@@ -435,3 +452,24 @@ def _with_params(d: Decision, form, tpl) -> Decision:
     out.__dict__["param_form"] = form
     out.__dict__["template"] = tpl
     return out
+
+
+_TRANSACTION_WORDS = frozenset(("begin", "start", "commit", "end", "rollback", "abort",
+                                "savepoint", "release"))
+
+
+def _ends_transaction(sql: str) -> bool:
+    """Whether ``sql`` is only transaction control (BEGIN, COMMIT, ROLLBACK [TO], SAVEPOINT,
+    RELEASE…), by PostgreSQL's parser."""
+    words = sql.lstrip().split(None, 1)
+    if not words or words[0].rstrip(";").lower() not in _TRANSACTION_WORDS:
+        return False
+    try:
+        import json
+
+        from pglast import parser as pg_parser
+
+        stmts = json.loads(pg_parser.parse_sql_json(sql)).get("stmts", [])
+    except Exception:  # noqa: BLE001 - not parsable: not transaction control
+        return False
+    return bool(stmts) and all("TransactionStmt" in s.get("stmt", {}) for s in stmts)

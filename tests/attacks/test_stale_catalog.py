@@ -272,3 +272,33 @@ def _wait_for_report(veil, database: str, before: float) -> None:
     deadline = time.monotonic() + 10
     while _catalog_version(veil, database) <= before:
         assert time.monotonic() < deadline, "the DDL report did not reach pgveil"
+
+
+def test_a_locked_view_does_not_stall_masked_sessions(su, veil, attacks_db, forms):
+    """A masked user holds ACCESS EXCLUSIVE on a view of their own while some DDL makes the
+    catalog reload: reading view definitions would wait for that lock. The reload gives up
+    on them after lock_timeout and loads without them (such views are masked more, never
+    less), so other sessions go on within about a second, and the lock holder can still
+    end their transaction."""
+    import time
+
+    dsn = veil.dsn(attacks_db, "analyst", password="analyst-pw")
+    v = uniq("lockme")
+    with psycopg.connect(dsn, autocommit=True) as setup:
+        setup.execute(f"CREATE VIEW {v} AS SELECT 1 AS x")
+    with psycopg.connect(dsn, autocommit=True) as victim, \
+            psycopg.connect(dsn, autocommit=True) as attacker:
+        assert rows(victim, "SELECT id FROM payments ORDER BY id LIMIT 1") == [(1,)]
+        attacker.execute("BEGIN")
+        attacker.execute(f"LOCK TABLE {v} IN ACCESS EXCLUSIVE MODE")
+        before = _catalog_version(veil, attacks_db)
+        su.execute(f"CREATE TABLE {v}_other (x int)")  # any DDL, by anyone: a reload
+        _wait_for_report(veil, attacks_db, before)
+        started = time.monotonic()
+        got = rows(victim, "SELECT card_number FROM payments ORDER BY id LIMIT 1")
+        assert isinstance(got, list) and got and not leaked(got, forms), got
+        assert time.monotonic() - started < 10  # not the 30 s statement_timeout
+        attacker.execute("ROLLBACK")  # never held: the lock holder can end the transaction
+        assert attacker.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    su.execute(f"DROP TABLE {v}_other")
+    su.execute(f"DROP VIEW {v}")

@@ -98,3 +98,27 @@ def test_statement_names_of_pgveil_are_refused(name):
     assert g.client_parse(m.Parse("mine", "SELECT 1", [])) is None
     out = g.client_query(m.encode_query(f'DEALLOCATE "{name}"')[5:])
     assert g.last.reason == "denied_reserved_name"
+
+
+def test_transaction_control_needs_no_catalog():
+    """While the catalog cannot be reloaded, statements are refused (fail closed) — but not
+    BEGIN/COMMIT/ROLLBACK, which read nothing: whoever holds the lock that stalls the reload
+    can always end their transaction."""
+    from proxy.policy_runtime import CatalogStale
+
+    rt = _runtime()
+    st = rt.catalogs["db"]
+    path = ('"$user"', "public")
+    st.stale = True
+    with pytest.raises(CatalogStale):
+        rt.decide("SELECT 1", user="analyst", database="db", search_path=path, settings={})
+    st.error = "LockNotAvailable: canceling statement due to lock timeout"
+    with pytest.raises(LookupError):
+        rt.decide("SELECT id FROM orders", user="analyst", database="db", search_path=path,
+                  settings={})
+    for sql in ("ROLLBACK", "commit;", "ROLLBACK TO SAVEPOINT a", "BEGIN; COMMIT"):
+        d = rt.decide(sql, user="analyst", database="db", search_path=path, settings={})
+        assert d.action == "forward" and set(d.kinds) == {"transaction"}, sql
+    with pytest.raises(LookupError):  # not only transaction control: refused
+        rt.decide("BEGIN; SELECT ssn FROM customers", user="analyst", database="db",
+                  search_path=path, settings={})
