@@ -104,9 +104,25 @@ class StatementMap:
     def parsed(self, name: str, query: str, param_types: list[int], decision: Any,
                upstream: str | None = None, confirm=None) -> None:
         shared = upstream is not None
-        self.prepared[name] = Prepared(query, param_types, decision, upstream or name,
-                                       shared=shared, version=self.version)
-        self.expect("1", False, confirm)
+        new = Prepared(query, param_types, decision, upstream or name, shared=shared,
+                       version=self.version)
+        old = self.prepared.get(name) if name else None
+        if old is None:
+            self.prepared[name] = new
+            self.expect("1", False, confirm)
+            return
+        # a named statement that exists: the server refuses this Parse (42P05) and keeps
+        # the one it has — unless it was deallocated meanwhile (SQL DEALLOCATE). The record
+        # changes only once ParseComplete says the server took the new one (else the
+        # re-checks at Bind, after a grant ends, would look at a statement that is not there)
+
+        def took(ok: bool) -> None:
+            if ok and self.prepared.get(name) is old:
+                self.prepared[name] = new
+            if confirm is not None:
+                confirm(ok)
+
+        self.expect("1", False, took)
 
     def closing(self, what: str, name: str) -> bytes | None:
         """A client Close: point it at the upstream name. Returns a replacement, or None."""
