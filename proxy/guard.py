@@ -340,7 +340,8 @@ class Guard:
             self._after_decision(d)
             form = d.__dict__.get("param_form")
             if (form is not None and self.stmt_cache is not None and not self.ext_open
-                    and not d.grants_used and d.kind == "select"):
+                    and not d.grants_used and d.kind == "select"
+                    and len(form[1]) <= m.MAX_PARAMETERS):
                 out = self._query_as_prepared(*form)
                 if (plans is not None and not d.session_effects and not d.refresh_catalog
                         and not self.path_dirty):

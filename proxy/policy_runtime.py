@@ -42,6 +42,8 @@ log = logging.getLogger("pgveil.policy")
 
 #: settings that change how the server reads SQL text: part of every decision's cache key
 _LEXER_SETTINGS = tuple(sorted(LEXER_SETTINGS))
+_MAX_TEMPLATE_LITERALS = 1000
+_MAX_CACHED_TEXT = 1 << 16
 
 
 @dataclass
@@ -384,7 +386,10 @@ class PolicyRuntime:
         # a skeleton is trusted only once the fast split agreed with the real scanner here
         if fast is None or not matches(fast[1], lits):
             skey = None
-        tkey = ("fp", fp, context) if lits is not None and lits.spans else None
+        # a template is cut at every literal: past a few thousand, learning it would cost
+        # time quadratic in the text on the event loop (each such text is decided afresh)
+        tkey = (("fp", fp, context) if lits is not None and lits.spans
+                and len(lits.spans) <= _MAX_TEMPLATE_LITERALS else None)
         if tkey is not None:
             hit = self.cache.get(tkey)
             if hit is not None:
@@ -409,7 +414,8 @@ class PolicyRuntime:
                 self.cache.put(tkey, entry)
                 if skey is not None:
                     self.cache.put(skey, entry)
-        self.cache.put(key, d)
+        if len(sql) <= _MAX_CACHED_TEXT:  # (the exact-text cache holds no huge texts)
+            self.cache.put(key, d)
         return d
 
     def _decide(self, sql, user, search_path, catalog, settings) -> Decision:

@@ -66,6 +66,10 @@ class StartupFramer:
         return packet, rest
 
 
+#: a message larger than this, while it arrives, is gathered in a bytearray (see _gather)
+_BIG = 1 << 16
+
+
 class MessageFramer:
     """Splits a stream of typed messages into whole messages.
 
@@ -73,18 +77,43 @@ class MessageFramer:
     as soon as its header arrives.
     """
 
-    __slots__ = ("_buf", "max_size", "valid_types", "syncs_since_execute")
+    __slots__ = ("_buf", "max_size", "valid_types", "syncs_since_execute", "_big", "_big_end")
 
     def __init__(self, max_size: int, valid_types: bytes | None = None) -> None:
         self._buf = b""
         self.syncs_since_execute = 0
         self.max_size = max_size
         self.valid_types = valid_types
+        # a large message still arriving: its bytes so far, and its whole size. Gathered in
+        # a bytearray (amortised appends), not by joining what came so far to each read,
+        # which costs time quadratic in the message's size on the event loop of every session
+        self._big: bytearray | None = None
+        self._big_end = 0
 
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete message held for the next feed."""
-        return len(self._buf)
+        return len(self._buf) + (len(self._big) if self._big is not None else 0)
+
+    def _gather(self, data: bytes) -> bytes | None:
+        """Add ``data`` to the large message arriving; its bytes (and what follows) once it
+        is whole, else None."""
+        big = self._big
+        assert big is not None
+        big += data
+        if len(big) < self._big_end:
+            return None
+        self._big = None
+        return bytes(big)
+
+    def _keep(self, buf: bytes, pos: int, end: int) -> None:
+        """Keep ``buf[pos:end]``, the start of a message, for the next feed."""
+        if end - pos >= 5:
+            size = 1 + _u32(buf, pos + 1)[0]
+            if size > _BIG:
+                self._big, self._big_end, self._buf = bytearray(buf[pos:end]), size, b""
+                return
+        self._buf = buf[pos:] if pos < end else b""
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Whole messages as ``(type, raw)``; ``raw`` includes the 5-byte header."""
@@ -97,6 +126,10 @@ class MessageFramer:
         ``buf[:upto]`` holds whole messages only; ``spans`` lists each as
         ``(type, start, stop)``. Whatever follows ``upto`` is kept for the next call.
         """
+        if self._big is not None:
+            data = self._gather(data)  # type: ignore[assignment]
+            if data is None:
+                return b"", 0, []
         buf = self._buf + data if self._buf else data
         spans: list[tuple[int, int, int]] = []
         pos = 0
@@ -117,7 +150,7 @@ class MessageFramer:
                 break
             spans.append((mtype, pos, stop))
             pos = stop
-        self._buf = buf[pos:] if pos < end else b""
+        self._keep(buf, pos, end)
         return buf, pos, spans
 
     def feed_count(self, data: bytes) -> tuple[bytes, int, int, bool]:
@@ -127,6 +160,10 @@ class MessageFramer:
         messages (see :func:`ready_delta`); ``terminate`` says a Terminate ('X') was among
         them.
         """
+        if self._big is not None:
+            data = self._gather(data)  # type: ignore[assignment]
+            if data is None:
+                return b"", 0, 0, False
         buf = self._buf + data if self._buf else data
         pos = 0
         end = len(buf)
@@ -160,7 +197,7 @@ class MessageFramer:
             elif mtype == 88:  # X
                 terminate = True
             pos = stop
-        self._buf = buf[pos:] if pos < end else b""
+        self._keep(buf, pos, end)
         return buf, pos, n, terminate
 
     def ready_delta(self, mtype: int) -> int:
@@ -186,11 +223,9 @@ class MessageFramer:
     def take_buffered(self) -> bytes:
         """Hand over (and forget) bytes of an incomplete message, e.g. to another framer."""
         rest, self._buf = self._buf, b""
+        if self._big is not None:
+            rest, self._big = bytes(self._big), None
         return rest
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf)
 
 
 class RelayScanner:

@@ -30,6 +30,9 @@ _I32 = struct.Struct("!i")
 _U32 = struct.Struct("!I")
 
 
+#: parameters a Parse or Bind can carry (the protocol counts them in an Int16)
+MAX_PARAMETERS = 32767
+
 def msg(mtype: bytes, body: bytes = b"") -> bytes:
     """A complete message: type byte, length, body."""
     return mtype + _U32.pack(len(body) + 4) + body

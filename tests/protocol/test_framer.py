@@ -177,3 +177,41 @@ def test_ready_accounting_for_copy_in_over_the_extended_protocol():
     # simple-protocol COPY and FunctionCall: one Z each
     assert MessageFramer(1 << 20).feed_count(
         b"".join(m.msg(t, b"x") for t in (b"Q", b"d", b"c", b"F")))[2] == 2
+
+
+@given(streams, st.lists(st.integers(min_value=0), max_size=20))
+def test_large_messages_are_gathered_exactly(msgs, cuts):
+    """A message larger than the gathering threshold (lowered here to 64 bytes) arrives in
+    pieces: it is gathered in a bytearray instead of joined again on every read, and comes
+    out byte for byte, through feed (spans) and feed_count (the relay's path) alike."""
+    from proxy.protocol import framer as framer_module
+
+    data = b"".join(msgs)
+    _, _, expected_n, _ = MessageFramer(max_size=1 << 20).feed_count(data)  # in one piece
+    saved = framer_module._BIG
+    framer_module._BIG = 64
+    try:
+        spans_framer = MessageFramer(max_size=1 << 20)
+        count_framer = MessageFramer(max_size=1 << 20)
+        got, relayed, answered = [], b"", 0
+        for chunk in split_at(data, cuts):
+            got += [raw for _, raw in spans_framer.feed(chunk)]
+            buf, upto, n, _ = count_framer.feed_count(chunk)
+            relayed += buf[:upto]
+            answered += n
+        assert got == msgs and spans_framer.buffered == 0
+        assert relayed == data and count_framer.buffered == 0
+        assert answered == expected_n
+    finally:
+        framer_module._BIG = saved
+
+
+def test_a_large_message_is_held_until_whole_and_handed_over():
+    big = m.msg(b"Q", b"x" * 200_000 + b"\x00")
+    framer = MessageFramer(max_size=1 << 20)
+    assert framer.feed(big[:70_000]) == []
+    assert framer.buffered == 70_000
+    assert framer.feed(big[70_000:140_000]) == [] and framer.buffered == 140_000
+    other = MessageFramer(max_size=1 << 20)  # e.g. the session changes hands mid-message
+    assert other.feed(framer.take_buffered() + big[140_000:]) == [(ord("Q"), big)]
+    assert framer.buffered == 0

@@ -122,3 +122,21 @@ def test_transaction_control_needs_no_catalog():
     with pytest.raises(LookupError):  # not only transaction control: refused
         rt.decide("BEGIN; SELECT ssn FROM customers", user="analyst", database="db",
                   search_path=path, settings={})
+
+
+def test_a_statement_with_very_many_literals_is_decided_without_a_template():
+    """Tens of thousands of literals: no template is learnt (cutting the text at each one
+    costs time quadratic in its size, on the event loop every session shares), no huge text
+    is cached, and the simple query is not turned into a Parse with more parameters than
+    the protocol can count (the session died on it)."""
+    rt = _runtime()
+    g = _guard(rt)
+    sql = ("SELECT ssn FROM customers WHERE name IN ("
+           + ",".join(f"'n{i}'" for i in range(33000)) + ")")
+    for _ in range(2):
+        out = g.client_query(m.encode_query(sql)[5:])
+        assert out is not None and out[:1] == b"Q" and g.last.action == "rewrite"
+        assert b"REDACTED" in out or b"pgveil_src" in out
+        g.server_message(90, _Z, True)
+    assert not any(isinstance(k, tuple) and k[0] in ("fp", "sk") for k in rt.cache._d)
+    assert not any(isinstance(k, tuple) and k[0] == sql for k in rt.cache._d)
