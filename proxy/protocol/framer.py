@@ -150,7 +150,10 @@ class MessageFramer:
                 break
             spans.append((mtype, pos, stop))
             pos = stop
-        self._keep(buf, pos, end)
+        if pos < end:
+            self._keep(buf, pos, end)
+        else:
+            self._buf = b""
         return buf, pos, spans
 
     def feed_count(self, data: bytes) -> tuple[bytes, int, int, bool]:
@@ -197,7 +200,10 @@ class MessageFramer:
             elif mtype == 88:  # X
                 terminate = True
             pos = stop
-        self._keep(buf, pos, end)
+        if pos < end:
+            self._keep(buf, pos, end)
+        else:
+            self._buf = b""
         return buf, pos, n, terminate
 
     def ready_delta(self, mtype: int) -> int:
