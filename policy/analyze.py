@@ -423,7 +423,7 @@ class Analyzer:
                 # same string, a ROLLBACK undoing one, an UPDATE of pg_settings…)
                 if not self.plan.masks_of(rel.oid) and any(
                         self.plan.masks_of(o.oid) or o.oid in self.plan.denied for o in others):
-                    self.pin(rv, rel)
+                    self.pin(rv, rel.schema, rel.name)
             return rel, False
         label = f"{schema}.{name}" if schema else name
         self.refresh_catalog = True
@@ -445,25 +445,19 @@ class Analyzer:
         return None, False
 
     def pin_temp(self, rv: dict) -> None:
-        try:
-            i = self.tokens.index_at(rv["location"])
-        except LookupError:
-            self.deny("verification_failed", detail="relation name span")
-            return
-        self.edits.append(Edit(self.tokens.toks[i].start, self.tokens.toks[i].end,
-                               qualified("pg_temp", rv["relname"])))
-        if rv["relname"] not in self.temp_pinned:
+        if self.pin(rv, "pg_temp", rv["relname"]) and rv["relname"] not in self.temp_pinned:
             self.temp_pinned.append(rv["relname"])
 
-    def pin(self, rv: dict, rel: Relation) -> None:
-        """Schema-qualify an unqualified name whose other candidates are masked or denied."""
+    def pin(self, rv: dict, schema: str, name: str) -> bool:
+        """Write an unqualified relation name as ``schema.name`` (see ``resolve``)."""
         try:
             i = self.tokens.index_at(rv["location"])
         except LookupError:
             self.deny("verification_failed", detail="relation name span")
-            return
+            return False
         self.edits.append(Edit(self.tokens.toks[i].start, self.tokens.toks[i].end,
-                               qualified(rel.schema, rel.name)))
+                               qualified(schema, name)))
+        return True
 
     def read_rangevar(self, rv: dict, scope: frozenset[str], table_form: bool = False) -> None:
         rel, is_cte = self.resolve(rv, scope)
